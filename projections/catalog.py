@@ -1,0 +1,215 @@
+"""The key catalog behind ListApiKeys: a SQL read model written with SQLAlchemy.
+
+Each batch of events is applied in one transaction together with the catalog's
+tracking position, so after a crash the catalog resumes exactly where its last
+commit left it: no event missed, none applied twice.
+"""
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from service.domain import ApiKey
+
+metadata = sa.MetaData()
+
+keys = sa.Table(
+    "catalog_api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the aggregate's UUID, hex
+    sa.Column("position", sa.BigInteger, nullable=False, unique=True),  # of KeyCreated
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("project", sa.String(63), nullable=False),
+    sa.Column("display_name", sa.String(63), nullable=False),
+    sa.Column("description", sa.String(300), nullable=False),
+    sa.Column("deployments", sa.Text, nullable=False),  # JSON list, in attach order
+    sa.Column("expire_time", sa.DateTime(timezone=True)),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delete_time", sa.DateTime(timezone=True)),
+    sa.Column("secret_hint", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("catalog_api_keys_by_project", "project", "position"),
+)
+
+key_deployments = sa.Table(
+    "catalog_api_key_deployments",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("deployment", sa.String(200), primary_key=True),
+    sa.Index("catalog_api_key_deployments_by_deployment", "deployment", "key_id"),
+)
+
+tracking = sa.Table(
+    "catalog_tracking",
+    metadata,
+    sa.Column("projection", sa.String(32), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)
+
+_PROJECTION = "catalog"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A catalog row, with the attribute names of the ApiKey aggregate."""
+
+    name: str
+    display_name: str
+    description: str
+    deployments: list[str]
+    expire_time: datetime | None
+    created_on: datetime
+    modified_on: datetime
+    delete_time: datetime | None
+    secret_hint: str
+    version: int
+    position: int
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    @property
+    def position(self) -> int:
+        with self.engine.connect() as conn:
+            return _position(conn)
+
+    def process(self, events: Iterable[tuple[int, ApiKey.Event]]) -> None:
+        """Apply the events after the tracked position, and move it, atomically."""
+        with self.engine.begin() as conn:
+            position = _position(conn)
+            for event_position, event in events:
+                if event_position > position:
+                    _apply(conn, event_position, event)
+                    position = event_position
+            conn.execute(
+                tracking.update().where(tracking.c.projection == _PROJECTION),
+                {"position": position},
+            )
+
+    def list(
+        self,
+        project: str,
+        *,
+        after: int,
+        limit: int,
+        deployment: str = "",
+        show_deleted: bool = False,
+    ) -> list[KeyRecord]:
+        """Keys of `project` created after store position `after`, oldest first."""
+        query = (
+            sa.select(keys)
+            .where(keys.c.project == project, keys.c.position > after)
+            .order_by(keys.c.position)
+            .limit(limit)
+        )
+        if not show_deleted:
+            query = query.where(keys.c.delete_time.is_(None))
+        if deployment:
+            attached = sa.select(key_deployments.c.key_id).where(
+                key_deployments.c.deployment == deployment
+            )
+            query = query.where(keys.c.id.in_(attached))
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query).mappings()]
+
+
+def _position(conn: Connection) -> int:
+    position = conn.execute(
+        sa.select(tracking.c.position).where(tracking.c.projection == _PROJECTION)
+    ).scalar()
+    if position is None:
+        conn.execute(tracking.insert(), {"projection": _PROJECTION, "position": 0})
+        return 0
+    return int(position)
+
+
+def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
+    key_id = event.originator_id.hex
+    this_key = keys.c.id == key_id
+    changes: dict[str, object] = {
+        "update_time": event.timestamp,
+        "version": event.originator_version,
+    }
+    match event:
+        case ApiKey.KeyCreated():
+            conn.execute(
+                keys.insert(),
+                {
+                    "id": key_id,
+                    "position": position,
+                    "name": event.name,
+                    "project": event.name.split("/")[1],
+                    "display_name": event.display_name,
+                    "description": event.description,
+                    "deployments": json.dumps(event.deployments),
+                    "expire_time": event.expire_time,
+                    "create_time": event.timestamp,
+                    "delete_time": None,
+                    "secret_hint": event.secret_hint,
+                    **changes,
+                },
+            )
+            _set_deployments(conn, key_id, event.deployments)
+            return
+        case ApiKey.DetailsChanged():
+            if event.display_name is not None:
+                changes["display_name"] = event.display_name
+            if event.description is not None:
+                changes["description"] = event.description
+        case ApiKey.ExpiryChanged():
+            changes["expire_time"] = event.expire_time
+        case ApiKey.KeyDeleted():
+            changes["delete_time"] = event.timestamp
+        case ApiKey.DeploymentAttached() | ApiKey.DeploymentDetached():
+            current = json.loads(
+                conn.execute(sa.select(keys.c.deployments).where(this_key)).scalar_one()
+            )
+            if isinstance(event, ApiKey.DeploymentAttached):
+                current.append(event.deployment)
+            else:
+                current.remove(event.deployment)
+            changes["deployments"] = json.dumps(current)
+            _set_deployments(conn, key_id, current)
+    conn.execute(keys.update().where(this_key), changes)
+
+
+def _set_deployments(conn: Connection, key_id: str, deployments: Sequence[str]) -> None:
+    conn.execute(key_deployments.delete().where(key_deployments.c.key_id == key_id))
+    if deployments:
+        conn.execute(
+            key_deployments.insert(), [{"key_id": key_id, "deployment": d} for d in deployments]
+        )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored here is UTC.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _record(row: sa.RowMapping) -> KeyRecord:
+    created = _utc(row["create_time"])
+    modified = _utc(row["update_time"])
+    assert created is not None and modified is not None
+    return KeyRecord(
+        name=row["name"],
+        display_name=row["display_name"],
+        description=row["description"],
+        deployments=json.loads(row["deployments"]),
+        expire_time=_utc(row["expire_time"]),
+        created_on=created,
+        modified_on=modified,
+        delete_time=_utc(row["delete_time"]),
+        secret_hint=row["secret_hint"],
+        version=row["version"],
+        position=row["position"],
+    )

@@ -1,0 +1,1 @@
+"""edgekeys: API keys for AI inference deployments, event-sourced, served over gRPC."""

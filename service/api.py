@@ -1,0 +1,272 @@
+"""gRPC servicers: turn requests into use-case calls and results into responses."""
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
+from edgekeys.v1 import validation_pb2 as vpb
+from projections.catalog import Catalog
+from projections.index import ValidationIndex
+from projections.projector import Projector
+from service import requests
+from service.application import Clock, KeyStore, etag_of
+from service.errors import InvalidArgument, translate_errors
+
+T = TypeVar("T")
+UPDATABLE = frozenset({"display_name", "description", "expire_time"})
+MAX_BATCH = 1000
+
+
+class Writer:
+    """Runs every write on one thread and brings the projections up to date before
+    the caller hears back, so a change holds for the very next request."""
+
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="edgekeys-writer")
+
+    async def run(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(self._write_and_project, write, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    def _write_and_project(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return write(*args, **kwargs)
+        finally:
+            self.projector.catch_up()
+
+    async def catch_up(self) -> None:
+        await self.run(lambda: None)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+class KeyView(Protocol):
+    """What both the aggregate and a catalog row offer to build an ApiKey message."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def deployments(self) -> list[str]: ...
+    @property
+    def expire_time(self) -> datetime | None: ...
+    @property
+    def created_on(self) -> datetime: ...
+    @property
+    def modified_on(self) -> datetime: ...
+    @property
+    def delete_time(self) -> datetime | None: ...
+    @property
+    def secret_hint(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
+def api_key_message(key: KeyView) -> pb.ApiKey:
+    message = pb.ApiKey(
+        name=key.name,
+        display_name=key.display_name,
+        description=key.description,
+        deployments=key.deployments,
+        state=pb.ApiKey.STATE_DELETED if key.delete_time else pb.ApiKey.STATE_ACTIVE,
+        create_time=_timestamp(key.created_on),
+        update_time=_timestamp(key.modified_on),
+        secret_hint=key.secret_hint,
+        etag=etag_of(key.version),
+    )
+    if key.expire_time is not None:
+        message.expire_time.CopyFrom(_timestamp(key.expire_time))
+    if key.delete_time is not None:
+        message.delete_time.CopyFrom(_timestamp(key.delete_time))
+    return message
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _mutation_options(request: Any) -> dict[str, str]:
+    return {"etag": request.etag, "request_id": requests.request_id(request.request_id)}
+
+
+@translate_errors
+class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
+    def __init__(self, keys: KeyStore, catalog: Catalog, writer: Writer) -> None:
+        self.keys = keys
+        self.catalog = catalog
+        self.writer = writer
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateApiKeyResponse:
+        project = requests.project(request.parent)
+        spec = request.api_key
+        expire_time = (
+            requests.timestamp(spec.expire_time, "api_key.expire_time")
+            if spec.HasField("expire_time")
+            else None
+        )
+        key, secret = await self.writer.run(
+            self.keys.create_key,
+            project,
+            requests.key_id(request.api_key_id),
+            requests.display_name(spec.display_name, "api_key.display_name"),
+            requests.description(spec.description, "api_key.description"),
+            requests.deployments(spec.deployments, "api_key.deployments", project=project),
+            expire_time,
+            request_id=requests.request_id(request.request_id),
+        )
+        return pb.CreateApiKeyResponse(api_key=api_key_message(key), secret=secret)
+
+    async def GetApiKey(
+        self, request: pb.GetApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetApiKeyResponse:
+        name = requests.key_name(request.name)
+        key = await asyncio.to_thread(self.keys.get_key, name)
+        return pb.GetApiKeyResponse(api_key=api_key_message(key))
+
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApiKeysResponse:
+        project = requests.project(request.parent)
+        size = requests.page_size(request.page_size)
+        if request.deployment:
+            requests.deployment(request.deployment, project=project)
+        query = {
+            "parent": request.parent,
+            "deployment": request.deployment,
+            "show_deleted": request.show_deleted,
+        }
+        after = requests.decode_page_token(request.page_token, query)
+        records = await asyncio.to_thread(
+            self.catalog.list,
+            project,
+            after=after,
+            limit=size + 1,
+            deployment=request.deployment,
+            show_deleted=request.show_deleted,
+        )
+        page = records[:size]
+        more = len(records) > size
+        return pb.ListApiKeysResponse(
+            api_keys=[api_key_message(r) for r in page],
+            next_page_token=requests.encode_page_token(page[-1].position, query) if more else "",
+        )
+
+    async def UpdateApiKey(
+        self, request: pb.UpdateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateApiKeyResponse:
+        spec = request.api_key
+        name = requests.key_name(spec.name, "api_key.name")
+        paths = set(request.update_mask.paths)
+        if unknown := paths - UPDATABLE:
+            raise InvalidArgument(
+                "update_mask",
+                f"cannot update {', '.join(sorted(unknown))}; "
+                f"updatable: {', '.join(sorted(UPDATABLE))}",
+            )
+        if not paths:  # no mask: whatever is set
+            paths = {p for p in ("display_name", "description") if getattr(spec, p)}
+            if spec.HasField("expire_time"):
+                paths.add("expire_time")
+        changes: dict[str, Any] = {}
+        if "display_name" in paths:
+            changes["display_name"] = requests.display_name(
+                spec.display_name, "api_key.display_name"
+            )
+        if "description" in paths:
+            changes["description"] = requests.description(spec.description, "api_key.description")
+        if "expire_time" in paths:
+            changes["expire_time"] = (
+                requests.timestamp(spec.expire_time, "api_key.expire_time")
+                if spec.HasField("expire_time")
+                else None
+            )
+        key = await self.writer.run(
+            self.keys.update_key,
+            name,
+            **changes,
+            etag=spec.etag,
+            request_id=requests.request_id(request.request_id),
+        )
+        return pb.UpdateApiKeyResponse(api_key=api_key_message(key))
+
+    async def AttachDeployment(
+        self, request: pb.AttachDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AttachDeploymentResponse:
+        name = requests.key_name(request.name)
+        deployment = requests.deployment(request.deployment, project=name.project)
+        key = await self.writer.run(
+            self.keys.attach_deployment, name, deployment, **_mutation_options(request)
+        )
+        return pb.AttachDeploymentResponse(api_key=api_key_message(key))
+
+    async def DetachDeployment(
+        self, request: pb.DetachDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetachDeploymentResponse:
+        name = requests.key_name(request.name)
+        deployment = requests.deployment(request.deployment, project=name.project)
+        key = await self.writer.run(
+            self.keys.detach_deployment, name, deployment, **_mutation_options(request)
+        )
+        return pb.DetachDeploymentResponse(api_key=api_key_message(key))
+
+    async def DeleteApiKey(
+        self, request: pb.DeleteApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteApiKeyResponse:
+        name = requests.key_name(request.name)
+        key = await self.writer.run(self.keys.delete_key, name, **_mutation_options(request))
+        return pb.DeleteApiKeyResponse(api_key=api_key_message(key))
+
+
+@translate_errors
+class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
+    """The gateways' hot path: memory only, no exception raised for a denial."""
+
+    def __init__(self, index: ValidationIndex, clock: Clock) -> None:
+        self.index = index
+        self.clock = clock
+
+    async def ValidateApiKey(
+        self, request: vpb.ValidateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> vpb.ValidateApiKeyResponse:
+        requests.deployment(request.deployment)
+        return self._validate(request, self.clock())
+
+    async def ValidateApiKeys(
+        self, request: vpb.ValidateApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> vpb.ValidateApiKeysResponse:
+        if len(request.requests) > MAX_BATCH:
+            raise InvalidArgument("requests", f"at most {MAX_BATCH} items per call")
+        for i, item in enumerate(request.requests):
+            requests.deployment(item.deployment, f"requests[{i}].deployment")
+        now = self.clock()
+        return vpb.ValidateApiKeysResponse(
+            responses=[self._validate(item, now) for item in request.requests]
+        )
+
+    def _validate(
+        self, request: vpb.ValidateApiKeyRequest, now: datetime
+    ) -> vpb.ValidateApiKeyResponse:
+        verdict, entry = self.index.check(request.secret, request.deployment, now)
+        if entry is None:
+            return vpb.ValidateApiKeyResponse(verdict=verdict)
+        response = vpb.ValidateApiKeyResponse(verdict=verdict, api_key=entry.name)
+        if entry.expire_time is not None:
+            response.expire_time.FromDatetime(entry.expire_time)
+        return response

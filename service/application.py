@@ -1,0 +1,168 @@
+"""Use cases on API keys: load the aggregate, run the command, save its events.
+
+No transport and no read models here; the gRPC layer calls these methods and
+the projections follow the store.
+"""
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from service import keyformat
+from service.domain import ApiKey, KeyAlreadyExists, KeyNotFound, StaleEtag
+from service.names import KeyName
+
+Clock = Callable[[], datetime]
+ANONYMOUS = "anonymous"
+UNCHANGED: Final = object()  # "leave the expiry as it is", as opposed to None: "never expires"
+MAX_ATTEMPTS = 5  # on a version conflict with another writer, when no etag pins the version
+
+
+def etag_of(version: int) -> str:
+    return str(version)
+
+
+def store_environment(database_url: str) -> dict[str, str]:
+    """eventsourcing's settings for a database URL (see README, "Configuration")."""
+    if database_url.startswith("sqlite:///"):
+        path = database_url.removeprefix("sqlite:///")
+        if not path:
+            raise ValueError(
+                "sqlite URL has no file: use sqlite:///relative.db or sqlite:////abs.db"
+            )
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+    raise ValueError(f"unsupported database URL {database_url!r}: expected sqlite:///FILE")
+
+
+class KeyStore(Application[UUID]):
+    """The write side: every method records events or reads one key's history."""
+
+    def __init__(self, database_url: str, clock: Clock) -> None:
+        super().__init__(env=store_environment(database_url))
+        self.clock = clock
+
+    def get_key(self, name: KeyName | str) -> ApiKey:
+        try:
+            key: ApiKey = self.repository.get(ApiKey.id_for(name))
+        except AggregateNotFoundError:
+            raise KeyNotFound(f"{name} does not exist") from None
+        return key
+
+    def create_key(
+        self,
+        project: str,
+        key_id: str,
+        display_name: str,
+        description: str,
+        deployments: list[str],
+        expire_time: datetime | None,
+        *,
+        actor: str = ANONYMOUS,
+        request_id: str = "",
+    ) -> tuple[ApiKey, str]:
+        """The new key and its secret; for a retried request, the key and no secret."""
+        name = KeyName(project, key_id or _new_key_id(project, request_id))
+        secret = keyformat.new_secret()
+        key = ApiKey.create(
+            name,
+            display_name,
+            description,
+            deployments,
+            expire_time,
+            secret_sha256=keyformat.digest(secret).hex(),
+            secret_hint=keyformat.hint(secret),
+            actor=actor,
+            request_id=request_id,
+            now=self.clock(),
+        )
+        try:
+            self.save(key)
+        except IntegrityError:
+            existing = self.get_key(name)
+            if request_id and existing.creation_request_id == request_id:
+                return existing, ""
+            raise KeyAlreadyExists(f"{name} already exists") from None
+        return key, secret
+
+    def update_key(
+        self,
+        name: KeyName,
+        *,
+        display_name: str | None = None,
+        description: str | None = None,
+        expire_time: datetime | object | None = UNCHANGED,
+        etag: str = "",
+        actor: str = ANONYMOUS,
+        request_id: str = "",
+    ) -> ApiKey:
+        def update(key: ApiKey, **context: Any) -> None:
+            key.change_details(display_name, description, **context)
+            if expire_time is not UNCHANGED:
+                assert expire_time is None or isinstance(expire_time, datetime)
+                key.change_expiry(expire_time, **context)
+
+        return self._change(name, update, etag=etag, actor=actor, request_id=request_id)
+
+    def attach_deployment(self, name: KeyName, deployment: str, **options: str) -> ApiKey:
+        return self._change(name, lambda key, **c: key.attach(deployment, **c), **options)
+
+    def detach_deployment(self, name: KeyName, deployment: str, **options: str) -> ApiKey:
+        return self._change(name, lambda key, **c: key.detach(deployment, **c), **options)
+
+    def delete_key(self, name: KeyName, **options: str) -> ApiKey:
+        return self._change(name, lambda key, **c: key.delete(**c), **options)
+
+    def _change(
+        self,
+        name: KeyName,
+        command: Callable[..., None],
+        *,
+        etag: str = "",
+        actor: str = ANONYMOUS,
+        request_id: str = "",
+    ) -> ApiKey:
+        """Run `command` on the current key and save what it recorded.
+
+        A request id the key has seen already changes nothing. Without an etag a
+        lost race with another writer is retried on the fresh key; with one, the
+        caller asked for exactly the version it saw, so the race is theirs to see.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            key = self.get_key(name)
+            if request_id and request_id in key.request_ids:
+                return key
+            if etag and etag != etag_of(key.version):
+                raise StaleEtag(f"{name} changed since etag {etag!r}; read it again")
+            command(key, actor=actor, request_id=request_id, now=self.clock())
+            try:
+                self.save(key)
+            except IntegrityError:
+                if etag:
+                    raise StaleEtag(f"{name} changed while this request ran") from None
+                continue
+            return key
+        raise StaleEtag(f"{name} is changing too fast; try again")
+
+
+def _new_key_id(project: str, request_id: str) -> str:
+    """A server-picked key ID. Derived from the request id when there is one, so a
+    retried create finds the key its first attempt made."""
+    seed = (
+        hashlib.sha256(f"{project}/{request_id}".encode()).digest()
+        if request_id
+        else secrets.token_bytes(16)
+    )
+    number = int.from_bytes(seed[:12])
+    chars = []
+    for _ in range(16):
+        number, digit = divmod(number, 36)
+        chars.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
+    return "key-" + "".join(chars)

@@ -1,0 +1,256 @@
+"""The ApiKey aggregate: every change to a key is one of the events below.
+
+Events carry who made the change (``actor``) and the request it came with
+(``request_id``), never the secret. Their topics are explicit and must never
+change: stored history is decoded by topic.
+"""
+
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from service.names import KeyName, deployment_project
+
+MAX_DEPLOYMENTS = 100
+
+
+class DomainError(Exception):
+    """A command broke one of the key's rules; nothing was recorded."""
+
+
+class KeyNotFound(DomainError):
+    pass
+
+
+class KeyAlreadyExists(DomainError):
+    pass
+
+
+class KeyDeleted(DomainError):
+    pass
+
+
+class DeploymentAlreadyAttached(DomainError):
+    pass
+
+
+class DeploymentNotAttached(DomainError):
+    pass
+
+
+class DeploymentOfOtherProject(DomainError):
+    pass
+
+
+class TooManyDeployments(DomainError):
+    pass
+
+
+class ExpiryNotInFuture(DomainError):
+    pass
+
+
+class StaleEtag(DomainError):
+    pass
+
+
+class ApiKey(Aggregate):
+    TOPIC = "edgekeys:ApiKey"
+
+    class Event(Aggregate.Event):
+        TOPIC = "edgekeys:ApiKey.Event"
+        actor: str
+        request_id: str
+
+        def mutate(self, aggregate: Any) -> Any:
+            key = super().mutate(aggregate)
+            assert isinstance(key, ApiKey)
+            if self.request_id:
+                key.request_ids.add(self.request_id)
+            return key
+
+    class KeyCreated(Event, Aggregate.Created):
+        TOPIC = "edgekeys:KeyCreated"
+        name: str
+        display_name: str
+        description: str
+        deployments: list[str]
+        expire_time: datetime | None
+        secret_sha256: str
+        secret_hint: str
+
+    class DetailsChanged(Event):
+        """Name and/or description changed; None means unchanged."""
+
+        TOPIC = "edgekeys:DetailsChanged"
+        display_name: str | None
+        description: str | None
+
+        def apply(self, key: "ApiKey") -> None:
+            if self.display_name is not None:
+                key.display_name = self.display_name
+            if self.description is not None:
+                key.description = self.description
+
+    class DeploymentAttached(Event):
+        TOPIC = "edgekeys:DeploymentAttached"
+        deployment: str
+
+        def apply(self, key: "ApiKey") -> None:
+            key.deployments.append(self.deployment)
+
+    class DeploymentDetached(Event):
+        TOPIC = "edgekeys:DeploymentDetached"
+        deployment: str
+
+        def apply(self, key: "ApiKey") -> None:
+            key.deployments.remove(self.deployment)
+
+    class ExpiryChanged(Event):
+        """A new expiry; None means the key never expires."""
+
+        TOPIC = "edgekeys:ExpiryChanged"
+        expire_time: datetime | None
+
+        def apply(self, key: "ApiKey") -> None:
+            key.expire_time = self.expire_time
+
+    class KeyDeleted(Event):
+        TOPIC = "edgekeys:KeyDeleted"
+
+        def apply(self, key: "ApiKey") -> None:
+            key.delete_time = self.timestamp
+
+    def __init__(
+        self,
+        name: str,
+        display_name: str,
+        description: str,
+        deployments: list[str],
+        expire_time: datetime | None,
+        secret_sha256: str,
+        secret_hint: str,
+        actor: str,
+        request_id: str,
+    ) -> None:
+        self.name = name
+        self.display_name = display_name
+        self.description = description
+        self.deployments = list(deployments)
+        self.expire_time = expire_time
+        self.secret_sha256 = secret_sha256
+        self.secret_hint = secret_hint
+        self.delete_time: datetime | None = None
+        self.creation_request_id = request_id
+        self.request_ids: set[str] = set()
+
+    @staticmethod
+    def id_for(name: KeyName | str) -> UUID:
+        """Aggregate IDs derive from resource names, so a name is enough to load a key
+        and the store itself refuses a second key of the same name."""
+        return uuid5(NAMESPACE_URL, f"edgekeys:{name}")
+
+    @classmethod
+    def create(
+        cls,
+        name: KeyName,
+        display_name: str,
+        description: str,
+        deployments: list[str],
+        expire_time: datetime | None,
+        secret_sha256: str,
+        secret_hint: str,
+        *,
+        actor: str,
+        request_id: str,
+        now: datetime,
+    ) -> "ApiKey":
+        for deployment in deployments:
+            _check_same_project(name.project, deployment)
+        if len(set(deployments)) > MAX_DEPLOYMENTS:
+            raise TooManyDeployments(f"a key reaches at most {MAX_DEPLOYMENTS} deployments")
+        _check_in_future(expire_time, now)
+        return cls._create(
+            cls.KeyCreated,
+            id=cls.id_for(name),
+            name=str(name),
+            display_name=display_name,
+            description=description,
+            deployments=list(dict.fromkeys(deployments)),
+            expire_time=expire_time,
+            secret_sha256=secret_sha256,
+            secret_hint=secret_hint,
+            actor=actor,
+            request_id=request_id,
+            timestamp=now,
+        )
+
+    @property
+    def project(self) -> str:
+        return self.name.split("/")[1]
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.delete_time is not None
+
+    def change_details(
+        self, display_name: str | None, description: str | None, **context: Any
+    ) -> None:
+        self._check_not_deleted()
+        if display_name == self.display_name:
+            display_name = None
+        if description == self.description:
+            description = None
+        if display_name is not None or description is not None:
+            self._record(
+                self.DetailsChanged, display_name=display_name, description=description, **context
+            )
+
+    def change_expiry(self, expire_time: datetime | None, *, now: datetime, **context: Any) -> None:
+        self._check_not_deleted()
+        if expire_time != self.expire_time:
+            _check_in_future(expire_time, now)
+            self._record(self.ExpiryChanged, expire_time=expire_time, now=now, **context)
+
+    def attach(self, deployment: str, **context: Any) -> None:
+        self._check_not_deleted()
+        _check_same_project(self.project, deployment)
+        if deployment in self.deployments:
+            raise DeploymentAlreadyAttached(f"{deployment} is already attached to {self.name}")
+        if len(self.deployments) >= MAX_DEPLOYMENTS:
+            raise TooManyDeployments(f"a key reaches at most {MAX_DEPLOYMENTS} deployments")
+        self._record(self.DeploymentAttached, deployment=deployment, **context)
+
+    def detach(self, deployment: str, **context: Any) -> None:
+        self._check_not_deleted()
+        if deployment not in self.deployments:
+            raise DeploymentNotAttached(f"{deployment} is not attached to {self.name}")
+        self._record(self.DeploymentDetached, deployment=deployment, **context)
+
+    def delete(self, **context: Any) -> None:
+        self._check_not_deleted()
+        self._record(self.KeyDeleted, **context)
+
+    def _record(
+        self, event_class: type[Event], *, actor: str, request_id: str, now: datetime, **values: Any
+    ) -> None:
+        self.trigger_event(event_class, actor=actor, request_id=request_id, timestamp=now, **values)
+
+    def _check_not_deleted(self) -> None:
+        if self.is_deleted:
+            raise KeyDeleted(f"{self.name} was deleted and cannot change")
+
+
+def _check_same_project(project: str, deployment: str) -> None:
+    if deployment_project(deployment) != project:
+        raise DeploymentOfOtherProject(
+            f"{deployment} is not a deployment of project {project}; "
+            "a key reaches only deployments of its own project"
+        )
+
+
+def _check_in_future(expire_time: datetime | None, now: datetime) -> None:
+    if expire_time is not None and expire_time <= now:
+        raise ExpiryNotInFuture(f"expire_time {expire_time.isoformat()} is not in the future")

@@ -1,0 +1,96 @@
+"""The one place where errors become gRPC statuses.
+
+Every status carries a google.rpc.ErrorInfo (stable reason, domain `edgekeys`);
+bad input also carries a google.rpc.BadRequest naming the field.
+"""
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service import domain
+
+DOMAIN = "edgekeys"
+
+
+class InvalidArgument(Exception):
+    """A request field is malformed or out of its limits."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+
+
+# domain error → (code, ErrorInfo reason, the request field it concerns)
+_DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
+    domain.KeyNotFound: (code_pb2.NOT_FOUND, "API_KEY_NOT_FOUND", None),
+    domain.KeyAlreadyExists: (code_pb2.ALREADY_EXISTS, "API_KEY_ALREADY_EXISTS", "api_key_id"),
+    domain.KeyDeleted: (code_pb2.FAILED_PRECONDITION, "API_KEY_DELETED", None),
+    domain.DeploymentAlreadyAttached: (
+        code_pb2.ALREADY_EXISTS,
+        "DEPLOYMENT_ALREADY_ATTACHED",
+        "deployment",
+    ),
+    domain.DeploymentNotAttached: (code_pb2.NOT_FOUND, "DEPLOYMENT_NOT_ATTACHED", "deployment"),
+    domain.DeploymentOfOtherProject: (
+        code_pb2.INVALID_ARGUMENT,
+        "DEPLOYMENT_OF_OTHER_PROJECT",
+        "deployment",
+    ),
+    domain.TooManyDeployments: (code_pb2.FAILED_PRECONDITION, "TOO_MANY_DEPLOYMENTS", None),
+    domain.ExpiryNotInFuture: (
+        code_pb2.INVALID_ARGUMENT,
+        "EXPIRE_TIME_NOT_IN_FUTURE",
+        "api_key.expire_time",
+    ),
+    domain.StaleEtag: (code_pb2.ABORTED, "ETAG_MISMATCH", "etag"),
+}
+
+
+def to_status(error: "domain.DomainError | InvalidArgument") -> grpc.Status:
+    code, reason, field = (
+        (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.field)
+        if isinstance(error, InvalidArgument)
+        else _DOMAIN_ERRORS[type(error)]
+    )
+    details: list[Any] = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)]
+    if field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=str(error))
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(code=code, message=str(error), details=[_pack(d) for d in details])
+    return rpc_status.to_status(status)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def translated(method: Handler) -> Handler:
+    """Turn the domain's and the request checks' errors into statuses for one RPC."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except (domain.DomainError, InvalidArgument) as error:
+            await context.abort_with_status(to_status(error))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def translate_errors(servicer: type[Any]) -> type[Any]:
+    """Class decorator: wrap every RPC method the servicer defines with `translated`."""
+    for name, attribute in list(vars(servicer).items()):
+        if name[:1].isupper() and callable(attribute):
+            setattr(servicer, name, translated(attribute))
+    return servicer

@@ -1,0 +1,130 @@
+"""Checks on request fields, shared by every RPC. Each returns the parsed value or
+raises InvalidArgument naming the field by its path in the request."""
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from service import names
+from service.domain import MAX_DEPLOYMENTS
+from service.errors import InvalidArgument
+from service.names import KeyName
+
+MAX_DISPLAY_NAME = 63
+MAX_DESCRIPTION = 300
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+_ID_RULE = f"every ID matching ^{names.ID_PATTERN}$"
+
+
+def project(parent: str, field: str = "parent") -> str:
+    project_id = names.parse_project(parent)
+    if project_id is None:
+        raise InvalidArgument(field, f"expected projects/{{project}} with {_ID_RULE}")
+    return project_id
+
+
+def key_name(name: str, field: str = "name") -> KeyName:
+    parsed = names.parse_key(name)
+    if parsed is None:
+        raise InvalidArgument(
+            field, f"expected projects/{{project}}/apiKeys/{{api_key_id}} with {_ID_RULE}"
+        )
+    return parsed
+
+
+def key_id(value: str, field: str = "api_key_id") -> str:
+    if value and not names.is_id(value):
+        raise InvalidArgument(field, f"must match ^{names.ID_PATTERN}$")
+    return value
+
+
+def deployment(name: str, field: str = "deployment", *, project: str | None = None) -> str:
+    owner = names.deployment_project(name)
+    if owner is None:
+        raise InvalidArgument(
+            field,
+            f"expected projects/{{project}}/deployments/{{deployment}} with {_ID_RULE}",
+        )
+    if project is not None and owner != project:
+        raise InvalidArgument(field, f"{name} is not a deployment of project {project}")
+    return name
+
+
+def deployments(values: Sequence[str], field: str, *, project: str) -> list[str]:
+    if len(values) > MAX_DEPLOYMENTS:
+        raise InvalidArgument(field, f"at most {MAX_DEPLOYMENTS} deployments, got {len(values)}")
+    if len(set(values)) != len(values):
+        raise InvalidArgument(field, "lists a deployment more than once")
+    return [deployment(v, f"{field}[{i}]", project=project) for i, v in enumerate(values)]
+
+
+def display_name(value: str, field: str) -> str:
+    if not value.strip() or len(value) > MAX_DISPLAY_NAME:
+        raise InvalidArgument(field, f"must be 1 to {MAX_DISPLAY_NAME} characters, not blank")
+    return value
+
+
+def description(value: str, field: str) -> str:
+    if len(value) > MAX_DESCRIPTION:
+        raise InvalidArgument(field, f"must be at most {MAX_DESCRIPTION} characters")
+    return value
+
+
+def timestamp(value: Timestamp, field: str) -> datetime:
+    if not (_MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos < 1_000_000_000):
+        raise InvalidArgument(field, "must lie between 0001-01-01 and 9999-12-31 (UTC)")
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def request_id(value: str) -> str:
+    if value:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            raise InvalidArgument("request_id", "must be a UUID") from None
+    return value
+
+
+def page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_page_token(position: int, query: dict[str, object]) -> str:
+    """An opaque token: where the page ended, bound to the query it belongs to."""
+    payload = json.dumps({"after": position, "query": query}, sort_keys=True).encode()
+    return base64.urlsafe_b64encode(payload + _seal(payload)).decode()
+
+
+def decode_page_token(token: str, query: dict[str, object]) -> int:
+    """The position after which the next page starts; 0 for no token."""
+    if not token:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii"))
+        payload, seal = raw[:-8], raw[-8:]
+        content = json.loads(payload) if seal == _seal(payload) else None
+    except (binascii.Error, UnicodeError, ValueError):
+        content = None
+    if not isinstance(content, dict) or not isinstance(content.get("after"), int):
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    if content.get("query") != query:
+        raise InvalidArgument("page_token", "belongs to a different query; start without it")
+    return int(content["after"])
+
+
+def _seal(payload: bytes) -> bytes:
+    # Catches edited and truncated tokens; a token only ever leads into the query
+    # it is bound to, so it needs no secret key.
+    return hashlib.sha256(b"edgekeys page token\0" + payload).digest()[:8]

@@ -1,0 +1,94 @@
+"""Assembles the service: event store, projections, gRPC servicers, health, reflection."""
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import grpc
+import sqlalchemy as sa
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgekeys.v1 import api_keys_pb2, api_keys_pb2_grpc, validation_pb2, validation_pb2_grpc
+from projections.catalog import Catalog
+from projections.index import ValidationIndex
+from projections.projector import Projector
+from service.api import ApiKeyService, ValidationService, Writer
+from service.application import Clock, KeyStore
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].full_name,
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EdgeKeysServer:
+    def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
+        self.settings = settings
+        self.keys = KeyStore(settings.database_url, clock)
+        engine = sa.create_engine(settings.database_url, connect_args={"timeout": 30})
+        self.catalog = Catalog(engine)
+        self.index = ValidationIndex()
+        self.projector = Projector(self.keys, self.index, self.catalog)
+        self.writer = Writer(self.projector)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server()
+        api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+            ApiKeyService(self.keys, self.catalog, self.writer), self.server
+        )
+        validation_pb2_grpc.add_ValidationServiceServicer_to_server(
+            ValidationService(self.index, clock), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Catch up with the store, then serve. Returns the bound port."""
+        self.port = self.server.add_insecure_port(self.settings.address)
+        await self.writer.catch_up()
+        await self.server.start()
+        await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
+        self._poller = asyncio.create_task(self._poll())
+        log.info(
+            "edgekeys serving on %s (store %s, %d live keys)",
+            self.settings.address.rsplit(":", 1)[0] + f":{self.port}",
+            self.settings.database_url,
+            len(self.index),
+        )
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._poller:
+            self._poller.cancel()
+        await self.server.stop(grace)
+        self.writer.close()
+        self.keys.close()
+        self.catalog.engine.dispose()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+    async def _set_serving(self, status: "health_pb2.HealthCheckResponse.ServingStatus") -> None:
+        for service in ("", *SERVICES):
+            await self.health.set(service, status)
+
+    async def _poll(self) -> None:
+        """Safety net for writes made by other processes on the same store."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.writer.catch_up()
+            except Exception:
+                log.exception("catching up with the store failed; retrying")
