@@ -1,0 +1,116 @@
+"""Shared fixtures: a settable clock and an in-process edgekeys server on a free port."""
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
+from service.config import Settings
+from service.server import EdgeKeysServer
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class FakeClock:
+    """An injected clock that only moves when a test moves it."""
+
+    now: datetime = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@dataclass
+class RunningServer:
+    """An EdgeKeysServer on its own event loop thread, with sync client stubs."""
+
+    database: Path
+    clock: FakeClock
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _server: EdgeKeysServer | None = None
+    _thread: threading.Thread | None = None
+    channel: grpc.Channel | None = None
+
+    def start(self) -> "RunningServer":
+        settings = Settings(address="127.0.0.1:0", database_url=f"sqlite:///{self.database}")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def start() -> EdgeKeysServer:
+            server = EdgeKeysServer(settings, clock=self.clock)
+            await server.start()
+            return server
+
+        self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self._server.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(0), self._loop).result(30)
+            self._server = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def server(self) -> EdgeKeysServer:
+        assert self._server is not None
+        return self._server
+
+    @property
+    def keys(self) -> api_keys_pb2_grpc.ApiKeyServiceStub:
+        return api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
+
+    @property
+    def validation(self) -> validation_pb2_grpc.ValidationServiceStub:
+        return validation_pb2_grpc.ValidationServiceStub(self.channel)
+
+    def create(
+        self,
+        display_name: str = "test key",
+        deployments: tuple[str, ...] = ("projects/acme/deployments/llama",),
+        parent: str = "projects/acme",
+        **fields: object,
+    ) -> pb.CreateApiKeyResponse:
+        """Create a key with sensible defaults; `fields` go to the ApiKey message."""
+        response: pb.CreateApiKeyResponse = self.keys.CreateApiKey(
+            pb.CreateApiKeyRequest(
+                parent=parent,
+                api_key=pb.ApiKey(
+                    display_name=display_name, deployments=list(deployments), **fields
+                ),
+            )
+        )
+        return response
+
+
+@pytest.fixture
+def running(tmp_path: Path, clock: FakeClock) -> Iterator[RunningServer]:
+    server = RunningServer(database=tmp_path / "edgekeys.db", clock=clock).start()
+    yield server
+    server.stop()

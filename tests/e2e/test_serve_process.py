@@ -1,0 +1,172 @@
+"""`edgekeys serve` as a real process, started the way the README starts it."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
+from edgekeys.v1 import validation_pb2 as vpb
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    def __init__(self, database: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "EDGEKEYS_ADDRESS": self.address,
+            "EDGEKEYS_DATABASE_URL": f"sqlite:///{database}",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([BIN / "edgekeys", "serve"], env=self.env, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                assert self.process.poll() is None, "edgekeys serve exited at start"
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "edgekeys serve did not become SERVING"
+                time.sleep(0.1)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "edgekeys.db")
+    process.start()
+    yield process
+    if process.process and process.process.poll() is None:
+        process.process.kill()
+        process.process.wait()
+
+
+def answers(address: str, names: list[str], secrets: list[str]) -> list[object]:
+    """Everything a client can observe about the given keys."""
+    with grpc.insecure_channel(address) as channel:
+        keys = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
+        validation = validation_pb2_grpc.ValidationServiceStub(channel)
+        gets = [keys.GetApiKey(pb.GetApiKeyRequest(name=n)).api_key for n in names]
+        lists = [
+            keys.ListApiKeys(pb.ListApiKeysRequest(parent="projects/acme", show_deleted=s))
+            for s in (False, True)
+        ]
+        verdicts = [
+            validation.ValidateApiKey(
+                vpb.ValidateApiKeyRequest(secret=s, deployment=f"projects/acme/deployments/{d}")
+            )
+            for s in secrets
+            for d in ("llama", "mistral")
+        ]
+    return [*gets, *lists, *verdicts]
+
+
+def test_keys_survive_a_restart_of_the_process(served: ServeProcess) -> None:
+    with grpc.insecure_channel(served.address) as channel:
+        keys = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
+        created = [
+            keys.CreateApiKey(
+                pb.CreateApiKeyRequest(
+                    parent="projects/acme",
+                    api_key=pb.ApiKey(
+                        display_name=f"key {i}", deployments=["projects/acme/deployments/llama"]
+                    ),
+                )
+            )
+            for i in range(3)
+        ]
+        names = [c.api_key.name for c in created]
+        keys.AttachDeployment(
+            pb.AttachDeploymentRequest(
+                name=names[0], deployment="projects/acme/deployments/mistral"
+            )
+        )
+        keys.UpdateApiKey(
+            pb.UpdateApiKeyRequest(api_key=pb.ApiKey(name=names[1], display_name="renamed"))
+        )
+        keys.DeleteApiKey(pb.DeleteApiKeyRequest(name=names[2]))
+    secrets = [c.secret for c in created]
+    before = answers(served.address, names, secrets)
+    verdicts = [v.verdict for v in before if isinstance(v, vpb.ValidateApiKeyResponse)]
+    assert verdicts == [
+        vpb.VERDICT_ALLOWED,
+        vpb.VERDICT_ALLOWED,
+        vpb.VERDICT_ALLOWED,
+        vpb.VERDICT_DEPLOYMENT_NOT_ALLOWED,
+        vpb.VERDICT_NOT_FOUND,
+        vpb.VERDICT_NOT_FOUND,
+    ]
+
+    assert served.stop() == 0
+    served.start()
+    assert answers(served.address, names, secrets) == before
+
+
+def readme_buf_curl_commands() -> list[str]:
+    """The README's `buf curl` examples, continuation lines joined, in order."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line for line in lines if line.startswith(".venv/bin/buf curl")]
+
+
+def test_the_readme_buf_curl_tour_works_against_the_served_process(served: ServeProcess) -> None:
+    commands = readme_buf_curl_commands()
+    assert len(commands) >= 12
+    secret = ""
+    outputs = []
+    for command in commands:
+        command = command.replace(".venv/bin/buf", str(BIN / "buf"))
+        command = command.replace("127.0.0.1:50051", served.address)
+        command = command.replace("edk_…", secret)
+        result = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        outputs.append(result.stdout)
+        if "/CreateApiKey" in command:
+            secret = json.loads(result.stdout)["secret"]
+    assert re.fullmatch(r"edk_[0-9A-Za-z]{49}", secret)
+    validated = json.loads(outputs[1])
+    assert validated["verdict"] == "VERDICT_ALLOWED"
+    assert validated["apiKey"] == "projects/acme/apiKeys/portal-prod"
+    deleted = json.loads(
+        next(o for c, o in zip(commands, outputs, strict=True) if "/DeleteApiKey" in c)
+    )
+    assert deleted["apiKey"]["state"] == "STATE_DELETED"
+    batch = json.loads(
+        next(o for c, o in zip(commands, outputs, strict=True) if "/ValidateApiKeys" in c)
+    )
+    assert [r["verdict"] for r in batch["responses"]] == ["VERDICT_NOT_FOUND", "VERDICT_MALFORMED"]
+    assert "edgekeys.v1.ApiKeyService/CreateApiKey" in outputs[-1]
