@@ -18,7 +18,7 @@ from projections.index import ValidationIndex
 from projections.projector import Projector
 from service import requests
 from service.application import Clock, KeyStore, etag_of
-from service.errors import InvalidArgument, translate_errors
+from service.errors import InvalidArgument
 
 T = TypeVar("T")
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
@@ -104,7 +104,6 @@ def _mutation_options(request: Any) -> dict[str, str]:
     return {"etag": request.etag, "request_id": requests.request_id(request.request_id)}
 
 
-@translate_errors
 class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
     def __init__(self, keys: KeyStore, catalog: Catalog, writer: Writer) -> None:
         self.keys = keys
@@ -234,7 +233,6 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         return pb.DeleteApiKeyResponse(api_key=api_key_message(key))
 
 
-@translate_errors
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     """The gateways' hot path: memory only, no exception raised for a denial."""
 

@@ -4,9 +4,7 @@ Every status carries a google.rpc.ErrorInfo (stable reason, domain `edgekeys`);
 bad input also carries a google.rpc.BadRequest naming the field.
 """
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -70,27 +68,3 @@ def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
-
-
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
-
-
-def translated(method: Handler) -> Handler:
-    """Turn the domain's and the request checks' errors into statuses for one RPC."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except (domain.DomainError, InvalidArgument) as error:
-            await context.abort_with_status(to_status(error))
-
-    return wrapper  # type: ignore[return-value]
-
-
-def translate_errors(servicer: type[Any]) -> type[Any]:
-    """Class decorator: wrap every RPC method the servicer defines with `translated`."""
-    for name, attribute in list(vars(servicer).items()):
-        if name[:1].isupper() and callable(attribute):
-            setattr(servicer, name, translated(attribute))
-    return servicer

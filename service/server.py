@@ -9,10 +9,11 @@ import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgekeys.v1 import api_keys_pb2, api_keys_pb2_grpc, validation_pb2, validation_pb2_grpc
+from edgekeys.v1 import api_keys_pb2, validation_pb2
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector
+from service import rpc
 from service.api import ApiKeyService, ValidationService, Writer
 from service.application import Clock, KeyStore
 from service.config import Settings
@@ -40,11 +41,16 @@ class EdgeKeysServer:
         self.writer = Writer(self.projector)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server()
-        api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(
-            ApiKeyService(self.keys, self.catalog, self.writer), self.server
+        rpc.register(
+            self.server,
+            ApiKeyService(self.keys, self.catalog, self.writer),
+            api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"],
         )
-        validation_pb2_grpc.add_ValidationServiceServicer_to_server(
-            ValidationService(self.index, clock), self.server
+        rpc.register(
+            self.server,
+            ValidationService(self.index, clock),
+            validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
+            lossy=True,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -95,7 +96,7 @@ class RunningServer:
         display_name: str = "test key",
         deployments: tuple[str, ...] = ("projects/acme/deployments/llama",),
         parent: str = "projects/acme",
-        **fields: object,
+        **fields: Any,
     ) -> pb.CreateApiKeyResponse:
         """Create a key with sensible defaults; `fields` go to the ApiKey message."""
         response: pb.CreateApiKeyResponse = self.keys.CreateApiKey(
