@@ -39,9 +39,7 @@ class ValidationIndex:
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def check(
-        self, secret: str, deployment: str, now: datetime
-    ) -> tuple[Verdict, Entry | None]:
+    def check(self, secret: str, deployment: str, now: datetime) -> tuple[Verdict, Entry | None]:
         """The verdict for `secret` at `deployment`, and the key's entry when found."""
         if not keyformat.is_well_formed(secret):
             return VERDICT_MALFORMED, None

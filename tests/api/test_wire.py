@@ -34,7 +34,8 @@ def rejected_field(running: RunningServer, method: str, body: bytes) -> str:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
-            return bad_request.field_violations[0].field
+            named: str = bad_request.field_violations[0].field
+            return named
     raise AssertionError("no BadRequest detail")
 
 
