@@ -1,16 +1,19 @@
 """Feeds stored events, in store order, to the validation index and the catalog."""
 
+import logging
 import threading
 from typing import cast
 from uuid import UUID
 
 from eventsourcing.application import Application
+from sqlalchemy.exc import SQLAlchemyError
 
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from service.domain import ApiKey
 
 BATCH = 500
+log = logging.getLogger(__name__)
 
 
 class Projector:
@@ -23,7 +26,7 @@ class Projector:
 
     def catch_up(self) -> int:
         """Apply everything the store holds beyond what the projections have seen.
-        Returns the position both have reached."""
+        Returns the position the index has reached."""
         with self._lock:
             while True:
                 start = min(self.index.position, self._catalog_position)
@@ -36,8 +39,14 @@ class Projector:
                     (n.id, cast(ApiKey.Event, self.app.mapper.to_domain_event(n)))
                     for n in notifications
                 ]
-                self.catalog.process(events)
-                self._catalog_position = events[-1][0]
+                # The index first: it is memory and cannot fail, and a revocation must
+                # hold at once even if the catalog's database is briefly unavailable.
                 for position, event in events:
                     if position > self.index.position:
                         self.index.apply(position, event)
+                try:
+                    self.catalog.process(events)
+                except SQLAlchemyError:
+                    log.exception("catalog update failed at position %d; will retry", start)
+                    return self.index.position
+                self._catalog_position = events[-1][0]
