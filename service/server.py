@@ -10,12 +10,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgekeys.v1 import api_keys_pb2, validation_pb2
+from envoy.service.auth.v3 import external_auth_pb2
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector
 from service import rpc
 from service.api import ApiKeyService, ValidationService, Writer
 from service.application import Clock, KeyStore
+from service.authz import AuthorizationService
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 SERVICES = (
     api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].full_name,
+    external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
 )
 
 
@@ -51,6 +54,11 @@ class EdgeKeysServer:
             ValidationService(self.index, clock),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             lossy=True,
+        )
+        rpc.register(
+            self.server,
+            AuthorizationService(self.index, clock),
+            external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -1,4 +1,4 @@
-"""The stubs in edgekeys/v1 are what `make protos` makes from protos/ today."""
+"""The stubs in edgekeys/ and envoy/ are what `make protos` makes from protos/ today."""
 
 import subprocess
 import sys
@@ -7,29 +7,38 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def generated(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): p.read_text()
+        for package in ("edgekeys", "envoy")
+        for p in (root / package).rglob("*_pb2*.py*")
+    }
+
+
 def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
-    protos = sorted((ROOT / "protos" / "edgekeys" / "v1").glob("*.proto"))
+    protos = sorted(
+        p.relative_to(ROOT / "protos")
+        for package in ("edgekeys", "envoy")
+        for p in (ROOT / "protos" / package).rglob("*.proto")
+    )
     subprocess.run(
         [
             sys.executable,
             "-m",
             "grpc_tools.protoc",
-            f"-I{ROOT / 'protos'}",
+            "-I.",
             f"--python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
             *map(str, protos),
         ],
         check=True,
+        cwd=ROOT / "protos",
     )
-    fresh = {p.name: p.read_text() for p in (tmp_path / "edgekeys" / "v1").iterdir()}
-    committed = {
-        p.name: p.read_text()
-        for p in (ROOT / "edgekeys" / "v1").iterdir()
-        if p.name.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"))
-    }
+    fresh = generated(tmp_path)
+    committed = generated(ROOT)
     assert len(fresh) == 3 * len(protos)
     stale = sorted(
         name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name)
     )
-    assert not stale, f"edgekeys/v1 is out of date with protos/ ({stale}): run `make protos`"
+    assert not stale, f"generated stubs are out of date with protos/ ({stale}): run `make protos`"

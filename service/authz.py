@@ -1,0 +1,121 @@
+"""Envoy's ext_authz over gRPC (`envoy.service.auth.v3.Authorization/Check`).
+
+The route tells which deployment it serves in `context_extensions["deployment"]`; the
+key comes from `x-api-key` or `Authorization: Bearer …` (x-api-key wins when both are
+sent). Allowed requests go upstream without either header and with
+`x-edgekeys-api-key: <key name>`; denied ones get 401 or 403 and a small JSON body.
+"""
+
+import json
+from collections.abc import Mapping
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+
+from edgekeys.v1 import validation_pb2 as vpb
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.auth.v3.external_auth_pb2 import (
+    CheckRequest,
+    CheckResponse,
+    DeniedHttpResponse,
+    OkHttpResponse,
+)
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from projections.index import ValidationIndex
+from service.application import Clock
+from service.names import deployment_project
+
+KEY_HEADER = "x-api-key"
+IDENTITY_HEADER = "x-edgekeys-api-key"
+_REMOVED = (KEY_HEADER, "authorization")
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _denial(http_status: int, code: int, reason: str, message: str) -> CheckResponse:
+    body = json.dumps({"error": {"code": http_status, "reason": reason, "message": message}})
+    return CheckResponse(
+        status=status_pb2.Status(code=code, message=message),
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=http_status),  # type: ignore[arg-type]
+            headers=[
+                HeaderValueOption(
+                    header=HeaderValue(key="content-type", value="application/json"),
+                    append_action=_OVERWRITE,
+                )
+            ],
+            body=body,
+        ),
+    )
+
+
+def _unauthenticated(reason: str, message: str) -> CheckResponse:
+    return _denial(401, code_pb2.UNAUTHENTICATED, reason, message)
+
+
+MISSING = _unauthenticated("API_KEY_MISSING", "send the API key in the x-api-key header")
+NO_DEPLOYMENT = _denial(
+    403,
+    code_pb2.PERMISSION_DENIED,
+    "ROUTE_HAS_NO_DEPLOYMENT",
+    "this route names no deployment (context_extensions.deployment)",
+)
+DENIALS = {
+    vpb.VERDICT_MALFORMED: _unauthenticated("VERDICT_MALFORMED", "not a valid API key"),
+    vpb.VERDICT_NOT_FOUND: _unauthenticated("VERDICT_NOT_FOUND", "unknown or deleted API key"),
+    vpb.VERDICT_EXPIRED: _unauthenticated("VERDICT_EXPIRED", "the API key has expired"),
+    vpb.VERDICT_DEPLOYMENT_NOT_ALLOWED: _denial(
+        403,
+        code_pb2.PERMISSION_DENIED,
+        "VERDICT_DEPLOYMENT_NOT_ALLOWED",
+        "the API key is not attached to this deployment",
+    ),
+}
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The secret from x-api-key, else from a Bearer authorization; None if neither.
+    Envoy sends header names in lower case; other callers may not."""
+    key: str | None = headers.get(KEY_HEADER)
+    authorization: str | None = headers.get("authorization")
+    if key is None and authorization is None:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        key, authorization = lowered.get(KEY_HEADER), lowered.get("authorization")
+    if key is not None:
+        return key
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            return credentials.strip()
+    return None
+
+
+class AuthorizationService:
+    def __init__(self, index: ValidationIndex, clock: Clock) -> None:
+        self.index = index
+        self.clock = clock
+
+    async def Check(
+        self, request: CheckRequest, context: grpc.aio.ServicerContext
+    ) -> CheckResponse:
+        attributes = request.attributes
+        deployment = attributes.context_extensions.get("deployment", "")
+        if deployment_project(deployment) is None:
+            return NO_DEPLOYMENT
+        secret = presented_key(attributes.request.http.headers)
+        if secret is None:
+            return MISSING
+        verdict, entry = self.index.check(secret, deployment, self.clock())
+        if verdict != vpb.VERDICT_ALLOWED or entry is None:
+            return DENIALS[verdict]
+        return CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=OkHttpResponse(
+                headers=[
+                    HeaderValueOption(
+                        header=HeaderValue(key=IDENTITY_HEADER, value=entry.name),
+                        append_action=_OVERWRITE,
+                    )
+                ],
+                headers_to_remove=_REMOVED,
+            ),
+        )
