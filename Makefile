@@ -19,9 +19,9 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Regenerate the Python stubs (edgekeys/, envoy/) from protos/; commit the result.
+# Regenerate the Python stubs in edgekeys/ from protos/; commit the result.
 # protos/google is only there for imports: Python uses googleapis-common-protos.
-GENERATED_FROM := $(shell find protos/edgekeys protos/envoy -name '*.proto' | sort)
+GENERATED_FROM := $(shell find protos/edgekeys -name '*.proto' | sort)
 protos: $(INSTALLED)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
 		$(GENERATED_FROM)

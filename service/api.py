@@ -18,6 +18,7 @@ from projections.index import ValidationIndex
 from projections.projector import Projector
 from service import requests
 from service.application import Clock, KeyStore, etag_of
+from service.domain import StaleEtag
 from service.errors import InvalidArgument
 
 T = TypeVar("T")
@@ -196,13 +197,17 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
                 if spec.HasField("expire_time")
                 else None
             )
-        key = await self.writer.run(
-            self.keys.update_key,
-            name,
-            **changes,
-            etag=spec.etag,
-            request_id=requests.request_id(request.request_id),
-        )
+        try:
+            key = await self.writer.run(
+                self.keys.update_key,
+                name,
+                **changes,
+                etag=spec.etag,
+                request_id=requests.request_id(request.request_id),
+            )
+        except StaleEtag as error:
+            error.field = "api_key.etag"  # where this request carries it
+            raise
         return pb.UpdateApiKeyResponse(api_key=api_key_message(key))
 
     async def AttachDeployment(

@@ -70,6 +70,8 @@ class KeyStore(Application[UUID]):
     ) -> tuple[ApiKey, str]:
         """The new key and its secret; for a retried request, the key and no secret."""
         name = KeyName(project, key_id or _new_key_id(project, request_id))
+        if request_id and (retried := self._created_by(name, request_id)):
+            return retried, ""
         secret = keyformat.new_secret()
         key = ApiKey.create(
             name,
@@ -86,11 +88,18 @@ class KeyStore(Application[UUID]):
         try:
             self.save(key)
         except IntegrityError:
-            existing = self.get_key(name)
-            if request_id and existing.creation_request_id == request_id:
-                return existing, ""
+            if request_id and (retried := self._created_by(name, request_id)):
+                return retried, ""  # the first attempt won a race with this retry
             raise KeyAlreadyExists(f"{name} already exists") from None
         return key, secret
+
+    def _created_by(self, name: KeyName, request_id: str) -> ApiKey | None:
+        """The key `name` if the request `request_id` created it."""
+        try:
+            key = self.get_key(name)
+        except KeyNotFound:
+            return None
+        return key if key.creation_request_id == request_id else None
 
     def update_key(
         self,

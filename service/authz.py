@@ -13,14 +13,14 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 
 from edgekeys.v1 import validation_pb2 as vpb
-from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
-from envoy.service.auth.v3.external_auth_pb2 import (
+from edgekeys.vendor.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import (
     CheckRequest,
     CheckResponse,
     DeniedHttpResponse,
     OkHttpResponse,
 )
-from envoy.type.v3.http_status_pb2 import HttpStatus
+from edgekeys.vendor.envoy.type.v3.http_status_pb2 import HttpStatus
 from projections.index import ValidationIndex
 from service.application import Clock
 from service.names import deployment_project

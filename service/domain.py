@@ -53,7 +53,7 @@ class ExpiryNotInFuture(DomainError):
 
 
 class StaleEtag(DomainError):
-    pass
+    field: str | None = None  # the request field that held the etag, when not `etag`
 
 
 class ApiKey(Aggregate):
@@ -80,6 +80,9 @@ class ApiKey(Aggregate):
         expire_time: datetime | None
         secret_sha256: str
         secret_hint: str
+
+    # The library would otherwise derive a `Created` class that inherits Event's topic.
+    Created = KeyCreated
 
     class DetailsChanged(Event):
         """Name and/or description changed; None means unchanged."""

@@ -51,11 +51,12 @@ _DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
 
 
 def to_status(error: "domain.DomainError | InvalidArgument") -> grpc.Status:
-    code, reason, field = (
-        (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.field)
-        if isinstance(error, InvalidArgument)
-        else _DOMAIN_ERRORS[type(error)]
-    )
+    field: str | None
+    if isinstance(error, InvalidArgument):
+        code, reason, field = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.field
+    else:
+        code, reason, field = _DOMAIN_ERRORS[type(error)]
+        field = getattr(error, "field", None) or field
     details: list[Any] = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)]
     if field:
         violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=str(error))

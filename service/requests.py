@@ -5,9 +5,9 @@ import base64
 import binascii
 import hashlib
 import json
-import uuid
+import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,6 +23,10 @@ MAX_PAGE_SIZE = 1000
 # google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_LAST_MICROSECOND = datetime.max.replace(tzinfo=UTC)
+_MAX_POSITION = 2**63 - 1
+_MAX_TOKEN = 1024
 _ID_RULE = f"every ID matching ^{names.ID_PATTERN}$"
 
 
@@ -83,16 +87,17 @@ def description(value: str, field: str) -> str:
 def timestamp(value: Timestamp, field: str) -> datetime:
     if not (_MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos < 1_000_000_000):
         raise InvalidArgument(field, "must lie between 0001-01-01 and 9999-12-31 (UTC)")
-    return value.ToDatetime(tzinfo=UTC)
+    moment = value.ToDatetime(tzinfo=UTC)  # truncates to microseconds...
+    if value.nanos % 1000 and moment < _LAST_MICROSECOND:
+        moment += timedelta(microseconds=1)  # ...so round up: never expire earlier than asked
+    return moment
 
 
 def request_id(value: str) -> str:
-    if value:
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            raise InvalidArgument("request_id", "must be a UUID") from None
-    return value
+    """A UUID in its canonical 8-4-4-4-12 hex form, lower-cased; empty for none."""
+    if value and not _UUID.fullmatch(value):
+        raise InvalidArgument("request_id", "must be a UUID: 8-4-4-4-12 hexadecimal digits")
+    return value.lower()
 
 
 def page_size(value: int) -> int:
@@ -111,17 +116,23 @@ def decode_page_token(token: str, query: dict[str, object]) -> int:
     """The position after which the next page starts; 0 for no token."""
     if not token:
         return 0
+    content = _unseal(token) if len(token) <= _MAX_TOKEN else None
+    after = content.get("after") if isinstance(content, dict) else None
+    if type(after) is not int or not 0 <= after <= _MAX_POSITION:
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    assert isinstance(content, dict)
+    if content.get("query") != query:
+        raise InvalidArgument("page_token", "belongs to a different query; start without it")
+    return after
+
+
+def _unseal(token: str) -> object:
     try:
         raw = base64.urlsafe_b64decode(token.encode("ascii"))
         payload, seal = raw[:-8], raw[-8:]
-        content = json.loads(payload) if seal == _seal(payload) else None
-    except (binascii.Error, UnicodeError, ValueError):
-        content = None
-    if not isinstance(content, dict) or not isinstance(content.get("after"), int):
-        raise InvalidArgument("page_token", "is not a token this service issued")
-    if content.get("query") != query:
-        raise InvalidArgument("page_token", "belongs to a different query; start without it")
-    return int(content["after"])
+        return json.loads(payload) if seal == _seal(payload) else None
+    except (binascii.Error, UnicodeError, ValueError, RecursionError):
+        return None
 
 
 def _seal(payload: bytes) -> bytes:

@@ -6,6 +6,7 @@
   (see ``service.errors``).
 """
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from service.domain import DomainError
 from service.errors import InvalidArgument, to_status
 
 _LENGTH_DELIMITED = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ def _unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
             return await behaviour(request, context)
         except (DomainError, InvalidArgument) as error:
             await context.abort_with_status(to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            await _internal_error(context)
 
     return handle
 
@@ -81,8 +87,19 @@ def _streaming(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., An
                 yield response
         except (DomainError, InvalidArgument) as error:
             await context.abort_with_status(to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            await _internal_error(context)
 
     return handle
+
+
+async def _internal_error(context: grpc.aio.ServicerContext) -> None:
+    # The traceback goes to the log (requests never are); the caller learns nothing
+    # of the internals.
+    log.exception("internal error")
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 def _decoder(message_class: type[Message], lossy: bool) -> Callable[[bytes], Any]:

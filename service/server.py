@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgekeys.v1 import api_keys_pb2, validation_pb2
-from envoy.service.auth.v3 import external_auth_pb2
+from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector

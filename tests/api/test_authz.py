@@ -6,9 +6,9 @@ import pytest
 from google.rpc import code_pb2
 
 from edgekeys.v1 import api_keys_pb2 as pb
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
+from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
+from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from tests.conftest import RunningServer
 
 LLAMA = "projects/acme/deployments/llama"

@@ -1,0 +1,67 @@
+"""Real processes for end-to-end tests: `edgekeys serve`, started as the README does."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    def __init__(self, database: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "EDGEKEYS_ADDRESS": self.address,
+            "EDGEKEYS_DATABASE_URL": f"sqlite:///{database}",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([BIN / "edgekeys", "serve"], env=self.env, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                assert self.process.poll() is None, "edgekeys serve exited at start"
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "edgekeys serve did not become SERVING"
+                time.sleep(0.1)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "edgekeys.db")
+    process.start()
+    yield process
+    if process.process and process.process.poll() is None:
+        process.process.kill()
+        process.process.wait()
