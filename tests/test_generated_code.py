@@ -9,15 +9,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def generated(root: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(root)): p.read_text()
-        for p in (root / "edgekeys").rglob("*_pb2*.py*")
+        str(p.relative_to(root)): p.read_text() for p in (root / "edgekeys").rglob("*_pb2*.py*")
     }
 
 
 def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
     protos = sorted(
-        p.relative_to(ROOT / "protos")
-        for p in (ROOT / "protos" / "edgekeys").rglob("*.proto")
+        p.relative_to(ROOT / "protos") for p in (ROOT / "protos" / "edgekeys").rglob("*.proto")
     )
     subprocess.run(
         [
