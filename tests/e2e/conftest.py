@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,61 @@ def served(tmp_path: Path) -> Iterator[ServeProcess]:
     if process.process and process.process.poll() is None:
         process.process.kill()
         process.process.wait()
+
+
+class EnvoyProcess:
+    """deploy/envoy/envoy.yaml, run by a real Envoy, with its ports moved to free ones."""
+
+    EXAMPLE = ROOT / "deploy" / "envoy" / "envoy.yaml"
+
+    def __init__(self, workdir: Path, edgekeys_port: int, model_port: int) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        ports = {
+            10000: self.port,
+            9901: self.admin_port,
+            50051: edgekeys_port,
+            8001: model_port,
+            8002: model_port,
+        }
+        config = self.EXAMPLE.read_text()
+        for old, new in ports.items():
+            config = config.replace(f"port_value: {old} ", f"port_value: {new} ")
+        assert all(f"port_value: {p} " in config for p in ports.values())
+        self.config = workdir / "envoy.yaml"
+        self.config.write_text(config)
+        self.log = workdir / "envoy.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    BIN / "envoy",
+                    "-c",
+                    str(self.config),
+                    "--use-dynamic-base-id",
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, f"envoy exited:\n{self.log.read_text()}"
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.admin_port}/ready", timeout=1
+                ) as ready:
+                    if ready.read().strip() == b"LIVE":
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "envoy did not become ready"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
