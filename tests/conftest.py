@@ -2,7 +2,7 @@
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +73,14 @@ class RunningServer:
         if self._thread is not None:
             self._thread.join(10)
         self._loop.close()
+
+    def on_server_thread(self, function: Callable[[], object]) -> None:
+        """Run `function` on the thread that runs the server's event loop."""
+
+        async def call() -> None:
+            function()
+
+        asyncio.run_coroutine_threadsafe(call(), self._loop).result(30)
 
     def restart(self) -> None:
         self.stop()
