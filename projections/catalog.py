@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -71,20 +72,44 @@ class KeyRecord:
     position: int
 
 
+def catalog_engine(database_url: str) -> Engine:
+    """An engine for the catalog's tables, in the event store's database."""
+    if not database_url.startswith("sqlite:"):
+        return sa.create_engine(database_url)
+    engine = sa.create_engine(database_url, connect_args={"timeout": 30})
+
+    # A catalog update takes SQLite's write lock when it begins, not at its first
+    # write: with several workers, one then waits for another's update and sees its
+    # tracking position, instead of failing to upgrade a read lock.
+    @sa.event.listens_for(engine, "connect")
+    def no_implicit_begin(connection: Any, record: Any) -> None:
+        connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(connection: Connection) -> None:
+        writing = connection.get_execution_options().get("writing", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+    return engine
+
+
 class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        with engine.connect() as conn, conn.execution_options(writing=True).begin():
+            if _position(conn) is None:
+                conn.execute(tracking.insert(), {"projection": _PROJECTION, "position": 0})
 
     @property
     def position(self) -> int:
         with self.engine.connect() as conn:
-            return _position(conn)
+            return _position(conn) or 0
 
     def process(self, events: Iterable[tuple[int, ApiKey.Event]]) -> None:
         """Apply the events after the tracked position, and move it, atomically."""
-        with self.engine.begin() as conn:
-            position = _position(conn)
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
+            position = _position(conn) or 0
             for event_position, event in events:
                 if event_position > position:
                     _apply(conn, event_position, event)
@@ -121,14 +146,11 @@ class Catalog:
             return [_record(row) for row in conn.execute(query).mappings()]
 
 
-def _position(conn: Connection) -> int:
+def _position(conn: Connection) -> int | None:
     position = conn.execute(
         sa.select(tracking.c.position).where(tracking.c.projection == _PROJECTION)
     ).scalar()
-    if position is None:
-        conn.execute(tracking.insert(), {"projection": _PROJECTION, "position": 0})
-        return 0
-    return int(position)
+    return None if position is None else int(position)
 
 
 def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:

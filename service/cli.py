@@ -3,8 +3,13 @@
 import argparse
 import asyncio
 import logging
+import multiprocessing
+import multiprocessing.process
+import os
 import signal
 import sys
+import time
+from types import FrameType
 
 from service import config
 from service.server import EdgeKeysServer
@@ -18,16 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the gRPC API")
     config.add_arguments(serve)
     arguments = parser.parse_args(argv)
-    settings = config.from_arguments(arguments)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        settings = config.from_arguments(arguments)
+        _configure_logging(settings)
+        if settings.workers > 1:
+            return _supervise(settings)
         asyncio.run(_serve(settings))
     except (ValueError, RuntimeError) as error:
-        log.error("cannot serve: %s", error)
+        print(f"edgekeys: cannot serve: {error}", file=sys.stderr)
         return 2
     return 0
 
@@ -42,6 +45,59 @@ async def _serve(settings: config.Settings) -> None:
     await stopping.wait()
     log.info("stopping: finishing requests in flight")
     await server.stop()
+
+
+def _supervise(settings: config.Settings) -> int:
+    """Run `workers` server processes on one address (SO_REUSEPORT: the kernel spreads
+    connections over them), replace any that dies, and stop them all on a signal."""
+    if settings.address.endswith(":0"):
+        raise ValueError("--workers needs a fixed port, not :0")
+    spawn = multiprocessing.get_context("spawn")
+
+    def start() -> multiprocessing.process.BaseProcess:
+        worker = spawn.Process(target=_worker, args=(settings,), daemon=False)
+        worker.start()
+        return worker
+
+    workers = [start() for _ in range(settings.workers)]
+    log.info("%d workers serving %s", settings.workers, settings.address)
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.pid is not None:
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    started = time.monotonic()
+    while not stopping:
+        for i, worker in enumerate(workers):
+            if worker.exitcode is not None and not stopping:
+                if time.monotonic() - started < 10:  # failing at start: do not loop
+                    stop(signal.SIGTERM, None)
+                    break
+                log.error("worker %s exited (%s); starting another", worker.pid, worker.exitcode)
+                workers[i] = start()
+        time.sleep(0.2)
+    for worker in workers:
+        worker.join()
+    return max(worker.exitcode or 0 for worker in workers)
+
+
+def _worker(settings: config.Settings) -> None:
+    _configure_logging(settings)
+    asyncio.run(_serve(settings))
+
+
+def _configure_logging(settings: config.Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ set with the environment variable `EDGEKEYS_SOME_FLAG`; the flag wins."""
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 ENV_PREFIX = "EDGEKEYS_"
 
@@ -13,11 +15,16 @@ class Settings:
     address: str = "127.0.0.1:50051"
     database_url: str = "sqlite:///var/edgekeys.db"
     log_level: str = "INFO"
-    poll_interval: float = 1.0
+    poll_interval: float = 0.05
+    workers: int = 1
 
     @staticmethod
     def env_name(field: str) -> str:
         return ENV_PREFIX + field.upper()
+
+    def environment(self) -> dict[str, str]:
+        """These settings as EDGEKEYS_* variables, for a child process."""
+        return {self.env_name(name): str(value) for name, value in asdict(self).items()}
 
 
 _HELP = {
@@ -25,6 +32,7 @@ _HELP = {
     "database_url": "event store: sqlite:///relative.db or sqlite:////absolute.db",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "poll_interval": "seconds between polls of the store for changes made by other processes",
+    "workers": "processes serving the same address (the kernel spreads connections)",
 }
 
 
@@ -35,11 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag,
             dest=field.name,
-            type=float if field.type in (float, "float") else str,
+            type=_convert(field.type),
             default=os.environ.get(env, field.default),
             help=f"{_HELP[field.name]} (env {env}, default %(default)s)",
         )
 
 
+def _convert(kind: object) -> Callable[[str], Any]:
+    return kind if kind in (int, float) else str
+
+
 def from_arguments(arguments: argparse.Namespace) -> Settings:
-    return Settings(**{f.name: getattr(arguments, f.name) for f in fields(Settings)})
+    values = {f.name: getattr(arguments, f.name) for f in fields(Settings)}
+    # argparse converts only values given on the command line; env defaults are strings.
+    try:
+        settings = Settings(**{f.name: _convert(f.type)(values[f.name]) for f in fields(Settings)})
+    except ValueError as error:
+        raise ValueError(f"bad setting: {error}") from None
+    if settings.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if settings.poll_interval <= 0:
+        raise ValueError("--poll-interval must be positive")
+    return settings

@@ -5,13 +5,12 @@ import logging
 from datetime import UTC, datetime
 
 import grpc
-import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgekeys.v1 import api_keys_pb2, validation_pb2
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
-from projections.catalog import Catalog
+from projections.catalog import Catalog, catalog_engine
 from projections.index import ValidationIndex
 from projections.projector import Projector
 from service import rpc
@@ -37,13 +36,14 @@ class EdgeKeysServer:
     def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.database_url, clock)
-        engine = sa.create_engine(settings.database_url, connect_args={"timeout": 30})
-        self.catalog = Catalog(engine)
+        self.catalog = Catalog(catalog_engine(settings.database_url))
         self.index = ValidationIndex()
         self.projector = Projector(self.keys, self.index, self.catalog)
         self.writer = Writer(self.projector)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server()
+        # Several workers share one port on purpose; a lone server must not share it
+        # with a forgotten process by accident.
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
         rpc.register(
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer),

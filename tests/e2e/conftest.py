@@ -26,13 +26,14 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, **settings: str) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
             "EDGEKEYS_ADDRESS": self.address,
             "EDGEKEYS_DATABASE_URL": f"sqlite:///{database}",
+            **{f"EDGEKEYS_{name.upper()}": value for name, value in settings.items()},
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,86 @@
+"""`edgekeys serve --workers 2`: two processes on one address, one store."""
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
+from edgekeys.v1 import validation_pb2 as vpb
+from tests.e2e.conftest import ServeProcess
+
+LLAMA = "projects/acme/deployments/llama"
+CONNECTIONS = 8  # spread by the kernel over both workers: all on one has p < 1%
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "edgekeys.db", workers="2")
+    process.start()
+    yield process
+    if process.process and process.process.poll() is None:
+        process.process.kill()
+        process.process.wait()
+
+
+def connections(address: str) -> list[grpc.Channel]:
+    # A local subchannel pool gives every channel its own TCP connection.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    return [grpc.insecure_channel(address, options=options) for _ in range(CONNECTIONS)]
+
+
+def verdicts(channels: list[grpc.Channel], secret: str) -> set[int]:
+    request = vpb.ValidateApiKeyRequest(secret=secret, deployment=LLAMA)
+    return {
+        validation_pb2_grpc.ValidationServiceStub(c).ValidateApiKey(request).verdict
+        for c in channels
+    }
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10) -> float:
+    """Seconds until `condition` held (generous timeout: shared, noisy machines)."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, "did not propagate"
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+def test_every_worker_follows_writes_made_through_any_other(workers: ServeProcess) -> None:
+    channels = connections(workers.address)
+    keys = api_keys_pb2_grpc.ApiKeyServiceStub(channels[0])
+    created = keys.CreateApiKey(
+        pb.CreateApiKeyRequest(
+            parent="projects/acme", api_key=pb.ApiKey(display_name="w", deployments=[LLAMA])
+        )
+    )
+    # No window in the worker that took the write.
+    assert verdicts(channels[:1], created.secret) == {vpb.VERDICT_ALLOWED}
+    eventually(lambda: verdicts(channels, created.secret) == {vpb.VERDICT_ALLOWED})
+
+    keys.DeleteApiKey(pb.DeleteApiKeyRequest(name=created.api_key.name))
+    assert verdicts(channels[:1], created.secret) == {vpb.VERDICT_NOT_FOUND}
+    eventually(lambda: verdicts(channels, created.secret) == {vpb.VERDICT_NOT_FOUND})
+
+    listed = {
+        len(
+            api_keys_pb2_grpc.ApiKeyServiceStub(c)
+            .ListApiKeys(pb.ListApiKeysRequest(parent="projects/acme", show_deleted=True))
+            .api_keys
+        )
+        for c in channels
+    }
+    assert listed == {1}
+    for channel in channels:
+        channel.close()
+
+
+def test_sigterm_stops_every_worker(workers: ServeProcess) -> None:
+    assert workers.stop() == 0
+    with grpc.insecure_channel(workers.address) as channel, pytest.raises(grpc.RpcError):
+        validation_pb2_grpc.ValidationServiceStub(channel).ValidateApiKey(
+            vpb.ValidateApiKeyRequest(secret="x", deployment=LLAMA), timeout=1
+        )
