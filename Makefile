@@ -19,6 +19,11 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Benchmarks (not tests): figures as ratios against a baseline measured in the same run.
+bench: $(INSTALLED)
+	command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
+	$(BIN)/python -m bench.run
+
 # Regenerate the Python stubs in edgekeys/ from protos/; commit the result.
 # protos/google is only there for imports: Python uses googleapis-common-protos.
 GENERATED_FROM := $(shell find protos/edgekeys -name '*.proto' | sort)
