@@ -268,8 +268,16 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     ) -> vpb.ValidateApiKeyResponse:
         verdict, entry = self.index.check(request.secret, request.deployment, now)
         if entry is None:
-            return vpb.ValidateApiKeyResponse(verdict=verdict)
-        response = vpb.ValidateApiKeyResponse(verdict=verdict, api_key=entry.name)
-        if entry.expire_time is not None:
-            response.expire_time.FromDatetime(entry.expire_time)
-        return response
+            return _verdict(verdict, "", None)
+        return _verdict(verdict, entry.name, entry.expire_time)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _verdict(
+    verdict: vpb.Verdict, key_name: str, expire_time: datetime | None
+) -> vpb.ValidateApiKeyResponse:
+    """Built once per distinct answer: responses are only ever serialized, never changed."""
+    response = vpb.ValidateApiKeyResponse(verdict=verdict, api_key=key_name)
+    if expire_time is not None:
+        response.expire_time.FromDatetime(expire_time)
+    return response
