@@ -1,0 +1,548 @@
+"""The ApiKey aggregate on its own: the events each command records, the rules it
+enforces, and that stored history replays to the same key under stable topics."""
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eventsourcing.application import Application
+from eventsourcing.utils import get_topic, resolve_topic
+
+from service import keyformat
+from service.domain import (
+    MAX_DEPLOYMENTS,
+    ApiKey,
+    DeploymentAlreadyAttached,
+    DeploymentNotAttached,
+    DeploymentOfOtherProject,
+    DomainError,
+    ExpiryNotInFuture,
+    KeyDeleted,
+    TooManyDeployments,
+)
+from service.names import KeyName
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+LATER = NOW + timedelta(hours=1)
+NAME = KeyName("acme", "key-one")
+LLAMA = "projects/acme/deployments/llama"
+MISTRAL = "projects/acme/deployments/mistral"
+FOREIGN = "projects/other/deployments/llama"
+SECRET = keyformat.new_secret()
+
+# Stored history is decoded by these strings: they may never change.
+TOPICS: dict[type[Any], str] = {
+    ApiKey: "edgekeys:ApiKey",
+    ApiKey.KeyCreated: "edgekeys:KeyCreated",
+    ApiKey.DetailsChanged: "edgekeys:DetailsChanged",
+    ApiKey.DeploymentAttached: "edgekeys:DeploymentAttached",
+    ApiKey.DeploymentDetached: "edgekeys:DeploymentDetached",
+    ApiKey.ExpiryChanged: "edgekeys:ExpiryChanged",
+    ApiKey.KeyDeleted: "edgekeys:KeyDeleted",
+}
+
+
+def new_key(
+    deployments: list[str] | None = None,
+    expire_time: datetime | None = None,
+    *,
+    actor: str = "alice",
+    request_id: str = "req-create",
+) -> ApiKey:
+    return ApiKey.create(
+        NAME,
+        "Llama key",
+        "for the llama demo",
+        [LLAMA] if deployments is None else deployments,
+        expire_time,
+        secret_sha256=keyformat.digest(SECRET).hex(),
+        secret_hint=keyformat.hint(SECRET),
+        actor=actor,
+        request_id=request_id,
+        now=NOW,
+    )
+
+
+def settled_key(
+    deployments: list[str] | None = None, expire_time: datetime | None = None
+) -> ApiKey:
+    """A key whose creation has been collected, so only later events are pending."""
+    key = new_key(deployments, expire_time)
+    key.collect_events()
+    return key
+
+
+def pending(key: ApiKey) -> list[ApiKey.Event]:
+    events = list(key.collect_events())
+    assert all(isinstance(event, ApiKey.Event) for event in events)
+    return [event for event in events if isinstance(event, ApiKey.Event)]
+
+
+def context(request_id: str, now: datetime = LATER) -> dict[str, Any]:
+    return {"actor": "bob", "request_id": request_id, "now": now}
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Application[Any]]:
+    application: Application[Any] = Application(
+        env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "events.db"),
+        }
+    )
+    yield application
+    application.close()
+
+
+# Creating a key
+
+
+def test_create_records_key_created_with_actor_request_id_and_values() -> None:
+    key = new_key([LLAMA, MISTRAL], NOW + timedelta(days=30), actor="alice", request_id="r-1")
+
+    [event] = pending(key)
+
+    assert isinstance(event, ApiKey.KeyCreated)
+    assert event.actor == "alice"
+    assert event.request_id == "r-1"
+    assert event.timestamp == NOW
+    assert event.originator_id == ApiKey.id_for(NAME)
+    assert event.originator_version == 1
+    assert event.name == "projects/acme/apiKeys/key-one"
+    assert event.display_name == "Llama key"
+    assert event.description == "for the llama demo"
+    assert event.deployments == [LLAMA, MISTRAL]
+    assert event.expire_time == NOW + timedelta(days=30)
+    assert event.secret_sha256 == keyformat.digest(SECRET).hex()
+    assert key.request_ids == {"r-1"}
+    assert key.creation_request_id == "r-1"
+    assert not key.is_deleted
+
+
+def test_key_created_never_carries_the_secret() -> None:
+    [event] = pending(new_key())
+
+    assert all(SECRET not in repr(value) for value in vars(event).values())
+    assert SECRET not in repr(event)
+    assert SECRET[len(keyformat.PREFIX) : -4] not in repr(event)
+
+
+def test_create_collapses_repeated_deployments_in_attach_order() -> None:
+    key = new_key([MISTRAL, LLAMA, MISTRAL])
+
+    assert key.deployments == [MISTRAL, LLAMA]
+
+
+def test_create_refuses_a_deployment_of_another_project() -> None:
+    with pytest.raises(DeploymentOfOtherProject):
+        new_key([LLAMA, FOREIGN])
+
+
+@pytest.mark.parametrize(
+    "expire_time", [NOW, NOW - timedelta(microseconds=1), NOW - timedelta(days=1)]
+)
+def test_create_refuses_an_expiry_not_in_the_future(expire_time: datetime) -> None:
+    with pytest.raises(ExpiryNotInFuture):
+        new_key(expire_time=expire_time)
+
+
+def test_create_accepts_an_expiry_just_after_now() -> None:
+    key = new_key(expire_time=NOW + timedelta(microseconds=1))
+
+    assert key.expire_time == NOW + timedelta(microseconds=1)
+
+
+def deployments(count: int) -> list[str]:
+    return [f"projects/acme/deployments/model-{n:03d}" for n in range(count)]
+
+
+def test_create_accepts_exactly_the_maximum_of_deployments() -> None:
+    assert MAX_DEPLOYMENTS == 100
+    key = new_key(deployments(MAX_DEPLOYMENTS))
+
+    assert len(key.deployments) == MAX_DEPLOYMENTS
+
+
+def test_create_refuses_more_than_the_maximum_of_deployments() -> None:
+    with pytest.raises(TooManyDeployments):
+        new_key(deployments(MAX_DEPLOYMENTS + 1))
+
+
+# Each command records exactly its event
+
+
+Command = Callable[[ApiKey], None]
+
+
+def expect_one_event(
+    key: ApiKey, command: Command, event_class: type[ApiKey.Event], request_id: str
+) -> ApiKey.Event:
+    version = key.version
+    command(key)
+    [event] = pending(key)
+    assert type(event) is event_class
+    assert event.actor == "bob"
+    assert event.request_id == request_id
+    assert event.timestamp == LATER
+    assert event.originator_id == key.id
+    assert event.originator_version == version + 1
+    assert key.version == version + 1
+    assert key.modified_on == LATER
+    assert request_id in key.request_ids
+    return event
+
+
+def test_change_details_records_details_changed() -> None:
+    key = settled_key()
+
+    event = expect_one_event(
+        key,
+        lambda k: k.change_details("New name", "New text", **context("r-details")),
+        ApiKey.DetailsChanged,
+        "r-details",
+    )
+
+    assert isinstance(event, ApiKey.DetailsChanged)
+    assert (event.display_name, event.description) == ("New name", "New text")
+    assert (key.display_name, key.description) == ("New name", "New text")
+
+
+def test_change_details_carries_only_the_changed_field() -> None:
+    key = settled_key()
+
+    event = expect_one_event(
+        key,
+        lambda k: k.change_details("New name", "for the llama demo", **context("r-name")),
+        ApiKey.DetailsChanged,
+        "r-name",
+    )
+
+    assert isinstance(event, ApiKey.DetailsChanged)
+    assert event.display_name == "New name"
+    assert event.description is None
+    assert key.description == "for the llama demo"
+
+
+def test_attach_records_deployment_attached() -> None:
+    key = settled_key()
+
+    event = expect_one_event(
+        key,
+        lambda k: k.attach(MISTRAL, **context("r-attach")),
+        ApiKey.DeploymentAttached,
+        "r-attach",
+    )
+
+    assert isinstance(event, ApiKey.DeploymentAttached)
+    assert event.deployment == MISTRAL
+    assert key.deployments == [LLAMA, MISTRAL]
+
+
+def test_detach_records_deployment_detached() -> None:
+    key = settled_key([LLAMA, MISTRAL])
+
+    event = expect_one_event(
+        key, lambda k: k.detach(LLAMA, **context("r-detach")), ApiKey.DeploymentDetached, "r-detach"
+    )
+
+    assert isinstance(event, ApiKey.DeploymentDetached)
+    assert event.deployment == LLAMA
+    assert key.deployments == [MISTRAL]
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, NOW + timedelta(days=7)),
+        (NOW + timedelta(days=7), NOW + timedelta(days=8)),
+        (NOW + timedelta(days=7), None),
+    ],
+    ids=["never-to-moment", "moment-to-moment", "moment-to-never"],
+)
+def test_change_expiry_records_expiry_changed(
+    before: datetime | None, after: datetime | None
+) -> None:
+    key = settled_key(expire_time=before)
+
+    event = expect_one_event(
+        key,
+        lambda k: k.change_expiry(after, **context("r-expiry")),
+        ApiKey.ExpiryChanged,
+        "r-expiry",
+    )
+
+    assert isinstance(event, ApiKey.ExpiryChanged)
+    assert event.expire_time == after
+    assert key.expire_time == after
+
+
+def test_delete_records_key_deleted_and_sets_delete_time() -> None:
+    key = settled_key()
+
+    expect_one_event(key, lambda k: k.delete(**context("r-delete")), ApiKey.KeyDeleted, "r-delete")
+
+    assert key.is_deleted
+    assert key.delete_time == LATER
+
+
+def test_an_update_of_details_and_expiry_records_both_events_in_order() -> None:
+    key = settled_key()
+
+    key.change_details("New name", None, **context("r-update"))
+    key.change_expiry(NOW + timedelta(days=3), **context("r-update"))
+    events = pending(key)
+
+    assert [type(event) for event in events] == [ApiKey.DetailsChanged, ApiKey.ExpiryChanged]
+    assert [event.originator_version for event in events] == [2, 3]
+    assert {(event.actor, event.request_id, event.timestamp) for event in events} == {
+        ("bob", "r-update", LATER)
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda k: k.change_details(None, None, **context("r-same")),
+        lambda k: k.change_details("Llama key", None, **context("r-same")),
+        lambda k: k.change_details("Llama key", "for the llama demo", **context("r-same")),
+        lambda k: k.change_expiry(NOW + timedelta(days=5), **context("r-same")),
+    ],
+    ids=["details-none", "same-name", "same-name-and-description", "same-expiry"],
+)
+def test_unchanged_values_record_nothing(command: Command) -> None:
+    key = settled_key(expire_time=NOW + timedelta(days=5))
+
+    command(key)
+
+    assert pending(key) == []
+    assert key.version == 1
+    assert "r-same" not in key.request_ids
+
+
+def test_never_expiring_stays_never_expiring_without_an_event() -> None:
+    key = settled_key(expire_time=None)
+
+    key.change_expiry(None, **context("r-same"))
+
+    assert pending(key) == []
+
+
+def test_an_unchanged_expiry_in_the_past_is_not_an_error() -> None:
+    key = settled_key(expire_time=NOW + timedelta(minutes=5))
+
+    key.change_expiry(NOW + timedelta(minutes=5), **context("r-same", now=NOW + timedelta(days=1)))
+
+    assert pending(key) == []
+
+
+# The key's rules
+
+
+def deleted_key() -> ApiKey:
+    key = settled_key([LLAMA])
+    key.delete(**context("r-delete"))
+    key.collect_events()
+    return key
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda k: k.change_details("New name", None, **context("r-late")),
+        lambda k: k.change_details("Llama key", None, **context("r-late")),
+        lambda k: k.change_expiry(NOW + timedelta(days=2), **context("r-late")),
+        lambda k: k.change_expiry(None, **context("r-late")),
+        lambda k: k.attach(MISTRAL, **context("r-late")),
+        lambda k: k.detach(LLAMA, **context("r-late")),
+        lambda k: k.delete(**context("r-late")),
+    ],
+    ids=[
+        "change-details",
+        "unchanged-details",
+        "change-expiry",
+        "unchanged-expiry",
+        "attach",
+        "detach",
+        "delete-again",
+    ],
+)
+def test_a_deleted_key_refuses_every_change(command: Command) -> None:
+    key = deleted_key()
+
+    with pytest.raises(KeyDeleted):
+        command(key)
+
+    assert pending(key) == []
+    assert key.version == 2
+
+
+def test_attaching_an_attached_deployment_is_refused() -> None:
+    key = settled_key([LLAMA])
+
+    with pytest.raises(DeploymentAlreadyAttached):
+        key.attach(LLAMA, **context("r-attach"))
+
+    assert pending(key) == []
+    assert key.deployments == [LLAMA]
+
+
+def test_detaching_a_deployment_not_attached_is_refused() -> None:
+    key = settled_key([LLAMA])
+
+    with pytest.raises(DeploymentNotAttached):
+        key.detach(MISTRAL, **context("r-detach"))
+
+    assert pending(key) == []
+    assert key.deployments == [LLAMA]
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [FOREIGN, "projects/acme-two/deployments/llama", "projects/acme/models/llama", "llama"],
+)
+def test_attaching_a_deployment_of_another_project_is_refused(deployment: str) -> None:
+    key = settled_key([LLAMA])
+
+    with pytest.raises(DeploymentOfOtherProject):
+        key.attach(deployment, **context("r-attach"))
+
+    assert pending(key) == []
+    assert key.deployments == [LLAMA]
+
+
+@pytest.mark.parametrize(
+    "expire_time", [LATER, LATER - timedelta(microseconds=1), NOW - timedelta(days=365)]
+)
+def test_changing_expiry_to_a_moment_not_in_the_future_is_refused(expire_time: datetime) -> None:
+    key = settled_key(expire_time=None)
+
+    with pytest.raises(ExpiryNotInFuture):
+        key.change_expiry(expire_time, **context("r-expiry", now=LATER))
+
+    assert pending(key) == []
+    assert key.expire_time is None
+
+
+def test_attaching_beyond_the_maximum_of_deployments_is_refused() -> None:
+    key = settled_key(deployments(MAX_DEPLOYMENTS - 1))
+    key.attach("projects/acme/deployments/the-last", **context("r-100"))
+    assert len(key.deployments) == MAX_DEPLOYMENTS
+    key.collect_events()
+
+    with pytest.raises(TooManyDeployments):
+        key.attach("projects/acme/deployments/one-too-many", **context("r-101"))
+
+    assert pending(key) == []
+    assert len(key.deployments) == MAX_DEPLOYMENTS
+
+
+def test_every_refusal_is_a_domain_error() -> None:
+    for error in (
+        KeyDeleted,
+        DeploymentAlreadyAttached,
+        DeploymentNotAttached,
+        DeploymentOfOtherProject,
+        ExpiryNotInFuture,
+        TooManyDeployments,
+    ):
+        assert issubclass(error, DomainError)
+
+
+# Stored history
+
+
+def a_key_with_history() -> ApiKey:
+    key = new_key([LLAMA], NOW + timedelta(days=30), request_id="r-1")
+    key.change_details("Renamed", "new text", **context("r-2"))
+    key.change_expiry(NOW + timedelta(days=60), **context("r-2"))
+    key.attach(MISTRAL, **context("r-3"))
+    key.detach(LLAMA, **context("r-4"))
+    key.delete(**context("r-5", now=LATER + timedelta(minutes=1)))
+    return key
+
+
+def test_replaying_stored_events_rebuilds_the_same_key(app: Application[Any]) -> None:
+    key = a_key_with_history()
+    app.save(key)
+
+    replayed: ApiKey = app.repository.get(ApiKey.id_for(NAME))
+
+    assert isinstance(replayed, ApiKey)
+    assert replayed.name == key.name == str(NAME)
+    assert replayed.display_name == "Renamed"
+    assert replayed.description == "new text"
+    assert replayed.deployments == key.deployments == [MISTRAL]
+    assert replayed.expire_time == key.expire_time == NOW + timedelta(days=60)
+    assert replayed.delete_time == key.delete_time == LATER + timedelta(minutes=1)
+    assert replayed.request_ids == key.request_ids == {"r-1", "r-2", "r-3", "r-4", "r-5"}
+    assert replayed.creation_request_id == "r-1"
+    assert replayed.secret_sha256 == key.secret_sha256
+    assert replayed.secret_hint == key.secret_hint
+    assert replayed.version == key.version == 6
+    assert replayed.created_on == key.created_on == NOW
+    assert replayed.modified_on == key.modified_on
+    assert vars(replayed) == vars(key)
+
+
+def test_replaying_up_to_a_version_gives_the_key_as_it_was(app: Application[Any]) -> None:
+    app.save(a_key_with_history())
+
+    before_delete: ApiKey = app.repository.get(ApiKey.id_for(NAME), version=5)
+
+    assert isinstance(before_delete, ApiKey)
+    assert before_delete.version == 5
+    assert before_delete.delete_time is None
+    assert before_delete.deployments == [MISTRAL]
+    assert "r-5" not in before_delete.request_ids
+
+
+def test_stored_history_never_contains_the_secret(app: Application[Any]) -> None:
+    app.save(a_key_with_history())
+
+    notifications = app.recorder.select_notifications(start=None, limit=100)
+
+    assert notifications
+    assert all(SECRET.encode() not in n.state for n in notifications)
+
+
+@pytest.mark.parametrize(("cls", "topic"), TOPICS.items(), ids=TOPICS.values())
+def test_topics_are_explicit_and_stable(cls: type[Any], topic: str) -> None:
+    assert get_topic(cls) == topic
+    assert resolve_topic(topic) is cls
+
+
+def test_every_event_class_of_the_key_declares_its_own_topic() -> None:
+    # A nested event class without a TOPIC of its own inherits its base's, and the
+    # library then registers that string for the subclass: the topic would no longer
+    # resolve to the class that declares it.
+    event_classes = {
+        name: value
+        for name, value in vars(ApiKey).items()
+        if isinstance(value, type) and issubclass(value, ApiKey.Event)
+    }
+
+    assert {"Event", *(cls.__name__ for cls in TOPICS if cls is not ApiKey)} <= set(event_classes)
+    for name, cls in sorted(event_classes.items()):
+        assert "TOPIC" in vars(cls), f"ApiKey.{name} inherits the topic {cls.TOPIC!r}"
+        assert resolve_topic(cls.TOPIC) is cls, f"{cls.TOPIC!r} resolves to another class"
+
+
+def test_stored_events_are_recorded_under_their_stable_topics(app: Application[Any]) -> None:
+    app.save(a_key_with_history())
+
+    notifications = app.recorder.select_notifications(start=None, limit=100)
+    created = app.mapper.to_domain_event(notifications[0])
+
+    assert [n.topic for n in notifications] == [
+        "edgekeys:KeyCreated",
+        "edgekeys:DetailsChanged",
+        "edgekeys:ExpiryChanged",
+        "edgekeys:DeploymentAttached",
+        "edgekeys:DeploymentDetached",
+        "edgekeys:KeyDeleted",
+    ]
+    assert isinstance(created, ApiKey.KeyCreated)
+    assert created.originator_topic == "edgekeys:ApiKey"
+    assert b"edgekeys:ApiKey" in notifications[0].state
