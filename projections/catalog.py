@@ -9,7 +9,6 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -32,6 +31,7 @@ keys = sa.Table(
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("delete_time", sa.DateTime(timezone=True)),
+    sa.Column("purge_time", sa.DateTime(timezone=True)),
     sa.Column("secret_hint", sa.String(64), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Index("catalog_api_keys_by_project", "project", "position"),
@@ -67,30 +67,10 @@ class KeyRecord:
     created_on: datetime
     modified_on: datetime
     delete_time: datetime | None
+    purge_time: datetime | None
     secret_hint: str
     version: int
     position: int
-
-
-def catalog_engine(database_url: str) -> Engine:
-    """An engine for the catalog's tables, in the event store's database."""
-    if not database_url.startswith("sqlite:"):
-        return sa.create_engine(database_url)
-    engine = sa.create_engine(database_url, connect_args={"timeout": 30})
-
-    # A catalog update takes SQLite's write lock when it begins, not at its first
-    # write: with several workers, one then waits for another's update and sees its
-    # tracking position, instead of failing to upgrade a read lock.
-    @sa.event.listens_for(engine, "connect")
-    def no_implicit_begin(connection: Any, record: Any) -> None:
-        connection.isolation_level = None
-
-    @sa.event.listens_for(engine, "begin")
-    def begin(connection: Connection) -> None:
-        writing = connection.get_execution_options().get("writing", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
-
-    return engine
 
 
 class Catalog:
@@ -169,12 +149,13 @@ def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
                     "position": position,
                     "name": event.name,
                     "project": event.name.split("/")[1],
-                    "display_name": event.display_name,
-                    "description": event.description,
+                    "display_name": event.display_name.shown,
+                    "description": event.description.shown,
                     "deployments": json.dumps(event.deployments),
                     "expire_time": event.expire_time,
                     "create_time": event.timestamp,
                     "delete_time": None,
+                    "purge_time": None,
                     "secret_hint": event.secret_hint,
                     **changes,
                 },
@@ -183,13 +164,15 @@ def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
             return
         case ApiKey.DetailsChanged():
             if event.display_name is not None:
-                changes["display_name"] = event.display_name
+                changes["display_name"] = event.display_name.shown
             if event.description is not None:
-                changes["description"] = event.description
+                changes["description"] = event.description.shown
         case ApiKey.ExpiryChanged():
             changes["expire_time"] = event.expire_time
         case ApiKey.KeyDeleted():
             changes["delete_time"] = event.timestamp
+        case ApiKey.PersonalDataPurged():
+            changes.update(purge_time=event.timestamp, display_name="", description="")
         case ApiKey.DeploymentAttached() | ApiKey.DeploymentDetached():
             current = json.loads(
                 conn.execute(sa.select(keys.c.deployments).where(this_key)).scalar_one()
@@ -231,6 +214,7 @@ def _record(row: sa.RowMapping) -> KeyRecord:
         created_on=created,
         modified_on=modified,
         delete_time=_utc(row["delete_time"]),
+        purge_time=_utc(row["purge_time"]),
         secret_hint=row["secret_hint"],
         version=row["version"],
         position=row["position"],

@@ -30,13 +30,17 @@ class Writer:
     """Runs every write on one thread and brings the projections up to date before
     the caller hears back, so a change holds for the very next request."""
 
-    def __init__(self, projector: Projector) -> None:
+    def __init__(self, projector: Projector, on_projected: Callable[[], None]) -> None:
         self.projector = projector
+        self.on_projected = on_projected  # called on the event loop after each write
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="edgekeys-writer")
 
     async def run(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(self._write_and_project, write, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        finally:
+            self.on_projected()
 
     def _write_and_project(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
@@ -71,6 +75,8 @@ class KeyView(Protocol):
     @property
     def delete_time(self) -> datetime | None: ...
     @property
+    def purge_time(self) -> datetime | None: ...
+    @property
     def secret_hint(self) -> str: ...
     @property
     def version(self) -> int: ...
@@ -92,6 +98,8 @@ def api_key_message(key: KeyView) -> pb.ApiKey:
         message.expire_time.CopyFrom(_timestamp(key.expire_time))
     if key.delete_time is not None:
         message.delete_time.CopyFrom(_timestamp(key.delete_time))
+    if key.purge_time is not None:
+        message.purge_time.CopyFrom(_timestamp(key.purge_time))
     return message
 
 
@@ -236,6 +244,13 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         name = requests.key_name(request.name)
         key = await self.writer.run(self.keys.delete_key, name, **_mutation_options(request))
         return pb.DeleteApiKeyResponse(api_key=api_key_message(key))
+
+    async def PurgeApiKey(
+        self, request: pb.PurgeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeApiKeyResponse:
+        name = requests.key_name(request.name)
+        key = await self.writer.run(self.keys.purge_key, name, **_mutation_options(request))
+        return pb.PurgeApiKeyResponse(api_key=api_key_message(key))
 
 
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):

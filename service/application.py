@@ -8,16 +8,17 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, JSONTranscoder
 
 from service import keyformat
+from service.database import sql_engine, store_environment
 from service.domain import ApiKey, KeyAlreadyExists, KeyNotFound, StaleEtag
 from service.names import KeyName
+from service.personal_data import DataKeys, PersonalDataAsCiphertext
 
 Clock = Callable[[], datetime]
 ANONYMOUS = "anonymous"
@@ -29,31 +30,35 @@ def etag_of(version: int) -> str:
     return str(version)
 
 
-def store_environment(database_url: str) -> dict[str, str]:
-    """eventsourcing's settings for a database URL (see README, "Configuration")."""
-    if database_url.startswith("sqlite:///"):
-        path = database_url.removeprefix("sqlite:///")
-        if not path:
-            raise ValueError(
-                "sqlite URL has no file: use sqlite:///relative.db or sqlite:////abs.db"
-            )
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
-    raise ValueError(f"unsupported database URL {database_url!r}: expected sqlite:///FILE")
-
-
 class KeyStore(Application[UUID]):
     """The write side: every method records events or reads one key's history."""
 
+    # A snapshot every 100 versions keeps any revision of a long-lived key a short replay.
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {ApiKey: 100}
+
     def __init__(self, database_url: str, clock: Clock) -> None:
+        self.data_keys = DataKeys(sql_engine(database_url))
         super().__init__(env=store_environment(database_url))
         self.clock = clock
 
-    def get_key(self, name: KeyName | str) -> ApiKey:
+    @property
+    def events_table(self) -> str:
+        """The store's table of events (its row ids are the store positions)."""
+        table: str = getattr(self.recorder, "events_table_name")  # noqa: B009
+        return table
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(PersonalDataAsCiphertext(self.data_keys))
+
+    def get_key(self, name: KeyName | str, version: int | None = None) -> ApiKey:
+        """The key now, or as of `version` (replayed from a snapshot and its events)."""
         try:
-            key: ApiKey = self.repository.get(ApiKey.id_for(name))
+            key: ApiKey = self.repository.get(ApiKey.id_for(name), version=version)
         except AggregateNotFoundError:
             raise KeyNotFound(f"{name} does not exist") from None
+        if version is not None and key.version != version:
+            raise KeyNotFound(f"{name} has no version {version}; it is at {key.version}")
         return key
 
     def create_key(
@@ -128,6 +133,10 @@ class KeyStore(Application[UUID]):
 
     def delete_key(self, name: KeyName, **options: str) -> ApiKey:
         return self._change(name, lambda key, **c: key.delete(**c), **options)
+
+    def purge_key(self, name: KeyName, **options: str) -> ApiKey:
+        """Record the purge; the projections then destroy the data key (see Projector)."""
+        return self._change(name, lambda key, **c: key.purge_personal_data(**c), **options)
 
     def _change(
         self,

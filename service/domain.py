@@ -5,6 +5,7 @@ Events carry who made the change (``actor``) and the request it came with
 change: stored history is decoded by topic.
 """
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -52,6 +53,28 @@ class ExpiryNotInFuture(DomainError):
     pass
 
 
+class KeyNotDeleted(DomainError):
+    pass
+
+
+class AlreadyPurged(DomainError):
+    pass
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """A person's words about a key (its name or description). Stored encrypted with a
+    data key of the key's own, so destroying that data key erases them for good;
+    `text` is None once erased."""
+
+    owner: UUID
+    text: str | None
+
+    @property
+    def shown(self) -> str:
+        return self.text or ""
+
+
 class StaleEtag(DomainError):
     field: str | None = None  # the request field that held the etag, when not `etag`
 
@@ -68,14 +91,14 @@ class ApiKey(Aggregate):
             key = super().mutate(aggregate)
             assert isinstance(key, ApiKey)
             if self.request_id:
-                key.request_ids.add(self.request_id)
+                key.request_ids[self.request_id] = None
             return key
 
     class KeyCreated(Event, Aggregate.Created):
         TOPIC = "edgekeys:KeyCreated"
         name: str
-        display_name: str
-        description: str
+        display_name: PersonalData
+        description: PersonalData
         deployments: list[str]
         expire_time: datetime | None
         secret_sha256: str
@@ -88,14 +111,14 @@ class ApiKey(Aggregate):
         """Name and/or description changed; None means unchanged."""
 
         TOPIC = "edgekeys:DetailsChanged"
-        display_name: str | None
-        description: str | None
+        display_name: PersonalData | None
+        description: PersonalData | None
 
         def apply(self, key: "ApiKey") -> None:
             if self.display_name is not None:
-                key.display_name = self.display_name
+                key.personal_name = self.display_name
             if self.description is not None:
-                key.description = self.description
+                key.personal_description = self.description
 
     class DeploymentAttached(Event):
         TOPIC = "edgekeys:DeploymentAttached"
@@ -126,11 +149,21 @@ class ApiKey(Aggregate):
         def apply(self, key: "ApiKey") -> None:
             key.delete_time = self.timestamp
 
+    class PersonalDataPurged(Event):
+        """The key's data key was destroyed: its name and description are unreadable."""
+
+        TOPIC = "edgekeys:PersonalDataPurged"
+
+        def apply(self, key: "ApiKey") -> None:
+            key.purge_time = self.timestamp
+            key.personal_name = PersonalData(key.id, None)
+            key.personal_description = PersonalData(key.id, None)
+
     def __init__(
         self,
         name: str,
-        display_name: str,
-        description: str,
+        display_name: PersonalData,
+        description: PersonalData,
         deployments: list[str],
         expire_time: datetime | None,
         secret_sha256: str,
@@ -139,15 +172,17 @@ class ApiKey(Aggregate):
         request_id: str,
     ) -> None:
         self.name = name
-        self.display_name = display_name
-        self.description = description
+        # Kept as PersonalData, so snapshots hold them encrypted too.
+        self.personal_name = display_name
+        self.personal_description = description
         self.deployments = list(deployments)
         self.expire_time = expire_time
         self.secret_sha256 = secret_sha256
         self.secret_hint = secret_hint
         self.delete_time: datetime | None = None
+        self.purge_time: datetime | None = None
         self.creation_request_id = request_id
-        self.request_ids: set[str] = set()
+        self.request_ids: dict[str, None] = {}  # a dict: snapshots store it as JSON
 
     @staticmethod
     def id_for(name: KeyName | str) -> UUID:
@@ -175,12 +210,13 @@ class ApiKey(Aggregate):
         if len(set(deployments)) > MAX_DEPLOYMENTS:
             raise TooManyDeployments(f"a key reaches at most {MAX_DEPLOYMENTS} deployments")
         _check_in_future(expire_time, now)
+        key_id = cls.id_for(name)
         return cls._create(
             cls.KeyCreated,
-            id=cls.id_for(name),
+            id=key_id,
             name=str(name),
-            display_name=display_name,
-            description=description,
+            display_name=PersonalData(key_id, display_name),
+            description=PersonalData(key_id, description),
             deployments=list(dict.fromkeys(deployments)),
             expire_time=expire_time,
             secret_sha256=secret_sha256,
@@ -189,6 +225,14 @@ class ApiKey(Aggregate):
             request_id=request_id,
             timestamp=now,
         )
+
+    @property
+    def display_name(self) -> str:
+        return self.personal_name.shown
+
+    @property
+    def description(self) -> str:
+        return self.personal_description.shown
 
     @property
     def project(self) -> str:
@@ -208,7 +252,10 @@ class ApiKey(Aggregate):
             description = None
         if display_name is not None or description is not None:
             self._record(
-                self.DetailsChanged, display_name=display_name, description=description, **context
+                self.DetailsChanged,
+                display_name=self._personal(display_name),
+                description=self._personal(description),
+                **context,
             )
 
     def change_expiry(self, expire_time: datetime | None, *, now: datetime, **context: Any) -> None:
@@ -235,6 +282,16 @@ class ApiKey(Aggregate):
     def delete(self, **context: Any) -> None:
         self._check_not_deleted()
         self._record(self.KeyDeleted, **context)
+
+    def purge_personal_data(self, **context: Any) -> None:
+        if not self.is_deleted:
+            raise KeyNotDeleted(f"{self.name} must be deleted before its data is purged")
+        if self.purge_time is not None:
+            raise AlreadyPurged(f"{self.name} was purged already")
+        self._record(self.PersonalDataPurged, **context)
+
+    def _personal(self, text: str | None) -> PersonalData | None:
+        return None if text is None else PersonalData(self.id, text)
 
     def _record(
         self, event_class: type[Event], *, actor: str, request_id: str, now: datetime, **values: Any

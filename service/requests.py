@@ -6,7 +6,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -100,19 +100,19 @@ def request_id(value: str) -> str:
     return value.lower()
 
 
-def page_size(value: int) -> int:
+def page_size(value: int, default: int = DEFAULT_PAGE_SIZE) -> int:
     if value < 0:
         raise InvalidArgument("page_size", "must not be negative")
-    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(value or default, MAX_PAGE_SIZE)
 
 
-def encode_page_token(position: int, query: dict[str, object]) -> str:
+def encode_page_token(position: int, query: Mapping[str, object]) -> str:
     """An opaque token: where the page ended, bound to the query it belongs to."""
     payload = json.dumps({"after": position, "query": query}, sort_keys=True).encode()
     return base64.urlsafe_b64encode(payload + _seal(payload)).decode()
 
 
-def decode_page_token(token: str, query: dict[str, object]) -> int:
+def decode_page_token(token: str, query: Mapping[str, object]) -> int:
     """The position after which the next page starts; 0 for no token."""
     if not token:
         return 0

@@ -8,22 +8,26 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgekeys.v1 import api_keys_pb2, validation_pb2
+from edgekeys.v1 import api_keys_pb2, audit_pb2, validation_pb2
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
-from projections.catalog import Catalog, catalog_engine
+from projections.audit import AuditLog
+from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector
 from service import rpc
 from service.api import ApiKeyService, ValidationService, Writer
 from service.application import Clock, KeyStore
+from service.audit import AuditService, Feed
 from service.authz import AuthorizationService
 from service.config import Settings
+from service.database import sql_engine
 
 log = logging.getLogger(__name__)
 
 SERVICES = (
     api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
 )
 
@@ -36,10 +40,15 @@ class EdgeKeysServer:
     def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.database_url, clock)
-        self.catalog = Catalog(catalog_engine(settings.database_url))
+        engine = sql_engine(settings.database_url)
+        self.catalog = Catalog(engine)
+        self.audit = AuditLog(engine, self.keys.events_table)
         self.index = ValidationIndex()
-        self.projector = Projector(self.keys, self.index, self.catalog)
-        self.writer = Writer(self.projector)
+        self.projector = Projector(self.keys, self.index, self.catalog, self.audit)
+        self.feed = Feed()
+        self.writer = Writer(
+            self.projector, lambda: self.feed.advance(self.projector.logged_position)
+        )
         self.health = health.aio.HealthServicer()
         # Several workers share one port on purpose; a lone server must not share it
         # with a forgotten process by accident.
@@ -57,6 +66,11 @@ class EdgeKeysServer:
         )
         rpc.register(
             self.server,
+            AuditService(self.keys, self.audit, self.feed),
+            audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+        )
+        rpc.register(
+            self.server,
             AuthorizationService(self.index, clock),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
         )
@@ -66,6 +80,7 @@ class EdgeKeysServer:
         )
         self.port = 0
         self._poller: asyncio.Task[None] | None = None
+        self._verifier: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Catch up with the store, then serve. Returns the bound port."""
@@ -74,6 +89,7 @@ class EdgeKeysServer:
         await self.server.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())
+        self._verifier = asyncio.create_task(self._verify())
         log.info(
             "edgekeys serving on %s (store %s, %d live keys)",
             self.settings.address.rsplit(":", 1)[0] + f":{self.port}",
@@ -84,8 +100,9 @@ class EdgeKeysServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._poller:
-            self._poller.cancel()
+        for task in (self._poller, self._verifier):
+            if task:
+                task.cancel()
         await self.server.stop(grace)
         self.writer.close()
         self.keys.close()
@@ -97,6 +114,15 @@ class EdgeKeysServer:
     async def _set_serving(self, status: "health_pb2.HealthCheckResponse.ServingStatus") -> None:
         for service in ("", *SERVICES):
             await self.health.set(service, status)
+
+    async def _verify(self) -> None:
+        """Check the audit chain once at start, in the background: a store altered
+        outside edgekeys still serves, and the log says where."""
+        result = await asyncio.to_thread(self.audit.verify)
+        if result.ok:
+            log.info("audit log verified: %d events", result.events_checked)
+        else:
+            log.error("audit log verification failed: %s", result.problem)
 
     async def _poll(self) -> None:
         """Safety net for writes made by other processes on the same store."""

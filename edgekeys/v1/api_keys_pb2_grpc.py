@@ -78,6 +78,11 @@ class ApiKeyServiceStub:
                 request_serializer=edgekeys_dot_v1_dot_api__keys__pb2.DeleteApiKeyRequest.SerializeToString,
                 response_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.DeleteApiKeyResponse.FromString,
                 _registered_method=True)
+        self.PurgeApiKey = channel.unary_unary(
+                '/edgekeys.v1.ApiKeyService/PurgeApiKey',
+                request_serializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyRequest.SerializeToString,
+                response_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ApiKeyServiceServicer:
@@ -141,6 +146,15 @@ class ApiKeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeApiKey(self, request, context):
+        """Erases a deleted key's personal data (display name, description) for
+        good, by destroying the key that encrypts it; the history still replays
+        and verifies, with those values marked erased.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +192,11 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
                     servicer.DeleteApiKey,
                     request_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.DeleteApiKeyRequest.FromString,
                     response_serializer=edgekeys_dot_v1_dot_api__keys__pb2.DeleteApiKeyResponse.SerializeToString,
+            ),
+            'PurgeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeApiKey,
+                    request_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyRequest.FromString,
+                    response_serializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -378,6 +397,33 @@ class ApiKeyService:
             '/edgekeys.v1.ApiKeyService/DeleteApiKey',
             edgekeys_dot_v1_dot_api__keys__pb2.DeleteApiKeyRequest.SerializeToString,
             edgekeys_dot_v1_dot_api__keys__pb2.DeleteApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgekeys.v1.ApiKeyService/PurgeApiKey',
+            edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyRequest.SerializeToString,
+            edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

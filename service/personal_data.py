@@ -1,0 +1,109 @@
+"""Crypto-shredding of personal data (a key's display name and description).
+
+Each API key gets a data key of its own (AES-256-GCM), kept in `personal_data_keys`
+beside the event store. Events hold only ciphertext; purging a key destroys its data
+key, so its events still replay and still verify (their bytes never change) but the
+words are gone for good.
+"""
+
+import base64
+import os
+import threading
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.persistence import Transcoding
+
+from service.domain import PersonalData
+
+_metadata = sa.MetaData()
+_keys = sa.Table(
+    "personal_data_keys",
+    _metadata,
+    sa.Column("owner", sa.String(32), primary_key=True),  # the API key's aggregate ID, hex
+    sa.Column("data_key", sa.LargeBinary(32), nullable=False),
+)
+_NONCE = 12
+
+
+class DataKeys:
+    """Per-API-key data keys: created on first use, destroyed by `destroy`."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        _metadata.create_all(engine)
+        self._cache: dict[UUID, bytes | None] = {}
+        self._lock = threading.Lock()
+
+    def find(self, owner: UUID) -> bytes | None:
+        with self._lock:
+            if owner in self._cache:
+                return self._cache[owner]
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
+            ).scalar()
+        with self._lock:
+            self._cache[owner] = found
+        return found
+
+    def find_or_create(self, owner: UUID) -> bytes:
+        """Committed before the event that uses it, so no stored event is unreadable."""
+        if (found := self.find(owner)) is not None:
+            return found
+        data_key = AESGCM.generate_key(bit_length=256)
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
+            ).scalar()
+            if existing is None:
+                conn.execute(_keys.insert(), {"owner": owner.hex, "data_key": data_key})
+        data_key = existing or data_key
+        with self._lock:
+            self._cache[owner] = data_key
+        return data_key
+
+    def destroy(self, owner: UUID) -> None:
+        """Idempotent. On SQLite the row is overwritten with zeros (secure_delete) and
+        the WAL emptied, so no copy of the key stays in the database files."""
+        with self.engine.begin() as conn:
+            conn.execute(_keys.delete().where(_keys.c.owner == owner.hex))
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._lock:
+            self._cache[owner] = None
+
+
+class PersonalDataAsCiphertext(Transcoding):
+    """Stores PersonalData encrypted under its owner's data key."""
+
+    type = PersonalData
+    name = "personal_data"
+
+    def __init__(self, data_keys: DataKeys) -> None:
+        self.data_keys = data_keys
+
+    def encode(self, obj: PersonalData) -> dict[str, str | None]:
+        if obj.text is None:  # erased (in a snapshot taken after a purge)
+            return {"owner": obj.owner.hex, "sealed": None}
+        nonce = os.urandom(_NONCE)
+        sealed = AESGCM(self.data_keys.find_or_create(obj.owner)).encrypt(
+            nonce, obj.text.encode(), obj.owner.bytes
+        )
+        return {"owner": obj.owner.hex, "sealed": base64.b64encode(nonce + sealed).decode()}
+
+    def decode(self, data: dict[str, Any]) -> PersonalData:
+        owner = UUID(data["owner"])
+        data_key = self.data_keys.find(owner) if data["sealed"] is not None else None
+        if data_key is None:
+            return PersonalData(owner, None)
+        sealed = base64.b64decode(data["sealed"])
+        try:
+            plain = AESGCM(data_key).decrypt(sealed[:_NONCE], sealed[_NONCE:], owner.bytes)
+        except InvalidTag:
+            raise ValueError(f"personal data of {owner} fails authentication") from None
+        return PersonalData(owner, plain.decode())
