@@ -215,20 +215,25 @@ class AuditLog:
         the links of that project's events only."""
         checked = 0
         previous, head = GENESIS, 0
+        logged_head = self.position
         for entry_project, position, stored_link, row in self._walk(batch):
-            if row is None:
-                return self._failed(position, checked, previous, head, "event row missing")
-            if stored_link is None:
-                if project is None:
-                    return self._failed(position, checked, previous, head, "event not in the log")
-                continue
-            mine = project is None or entry_project == project
-            if mine and link(previous, row) != stored_link:
-                return self._failed(
-                    position, checked, previous, head, "stored event does not match its link"
+            if stored_link is None and position > logged_head:
+                break  # committed after this check began, not logged yet
+            if project is None or entry_project == project:
+                problem = (
+                    "event row missing"
+                    if row is None
+                    else "event not in the log"
+                    if stored_link is None
+                    else "stored event does not match its link"
+                    if link(previous, row) != stored_link
+                    else None
                 )
-            checked += mine
-            previous, head = stored_link, position
+                if problem:
+                    return self._failed(position, checked, previous, head, problem)
+                checked += 1
+            if stored_link is not None:
+                previous, head = stored_link, position
         if checkpoint is not None:
             at, digest = checkpoint
             if at > head:

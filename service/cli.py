@@ -11,18 +11,22 @@ import sys
 import time
 from types import FrameType
 
-from service import config
+from service import client, config
 from service.server import EdgeKeysServer
 
 log = logging.getLogger("edgekeys")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgekeys", description=__doc__)
+    options = client.client_options()
+    parser = argparse.ArgumentParser(prog="edgekeys", description=__doc__, parents=[options])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the gRPC API")
     config.add_arguments(serve)
+    client.add_commands(commands, options)
     arguments = parser.parse_args(argv)
+    if arguments.command != "serve":
+        return client.run(arguments)
     try:
         settings = config.from_arguments(arguments)
         _configure_logging(settings)
