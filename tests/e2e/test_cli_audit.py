@@ -40,7 +40,7 @@ def edgekeys(served: ServeProcess, *arguments: str) -> subprocess.CompletedProce
 def make_history(served: ServeProcess, project: str = "acme") -> str:
     with grpc.insecure_channel(served.address) as channel:
         keys = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
-        name = keys.CreateApiKey(
+        name: str = keys.CreateApiKey(
             pb.CreateApiKeyRequest(
                 parent=f"projects/{project}",
                 api_key=pb.ApiKey(
