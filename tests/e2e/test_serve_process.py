@@ -108,4 +108,13 @@ def test_the_readme_buf_curl_tour_works_against_the_served_process(served: Serve
         next(o for c, o in zip(commands, outputs, strict=True) if "/ValidateApiKeys" in c)
     )
     assert [r["verdict"] for r in batch["responses"]] == ["VERDICT_NOT_FOUND", "VERDICT_MALFORMED"]
-    assert "edgekeys.v1.ApiKeyService/CreateApiKey" in outputs[-1]
+    listed = next(o for c, o in zip(commands, outputs, strict=True) if "--list-methods" in c)
+    assert "edgekeys.v1.ApiKeyService/CreateApiKey" in listed
+    assert "edgekeys.v1.AuditService/VerifyAuditLog" in listed
+    history = json.loads(
+        next(o for c, o in zip(commands, outputs, strict=True) if "/ListApiKeyEvents" in c)
+    )
+    assert [e["eventType"] for e in history["events"]][0] == "KeyCreated"
+    assert history["events"][-1]["eventType"] == "KeyDeleted"
+    verified = json.loads(outputs[-1])
+    assert verified["ok"] is True
