@@ -23,6 +23,7 @@ lint: $(INSTALLED)
 bench: $(INSTALLED)
 	command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.audit
 
 # Regenerate the Python stubs in edgekeys/ from protos/; commit the result.
 # protos/google is only there for imports: Python uses googleapis-common-protos.

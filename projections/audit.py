@@ -13,7 +13,7 @@ rows that index them, right after each event is committed, and never recomputed.
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import cast
 from uuid import UUID
 
@@ -110,11 +110,13 @@ class AuditLog:
             position, previous = (head[0], head[1]) if head else (0, GENESIS)
             entries = []
             for row, event in rows:
-                if row.id <= position:
+                name = self._name(conn, event)
+                if row.id <= position or name is None:
+                    # A key whose creation did not decode stays out of the log, and
+                    # VerifyAuditLog names the gap.
                     continue
                 previous = link(previous, row)
                 position = row.id
-                name = self._name(conn, event)
                 entries.append(
                     {
                         "position": row.id,
@@ -130,15 +132,18 @@ class AuditLog:
             if entries:
                 conn.execute(audit_log.insert(), entries)
 
-    def _name(self, conn: sa.Connection, event: ApiKey.Event) -> str:
+    def _name(self, conn: sa.Connection, event: ApiKey.Event) -> str | None:
         if isinstance(event, ApiKey.KeyCreated):
             self._names[event.originator_id] = event.name
         if event.originator_id not in self._names:
-            self._names[event.originator_id] = conn.execute(
+            name = conn.execute(
                 sa.select(audit_log.c.api_key)
                 .where(audit_log.c.key_id == event.originator_id.hex)
                 .limit(1)
-            ).scalar_one()
+            ).scalar()
+            if name is None:
+                return None
+            self._names[event.originator_id] = name
         return self._names[event.originator_id]
 
     def entries(
@@ -306,8 +311,3 @@ def _notification(row: sa.Row) -> Notification:  # type: ignore[type-arg]
         topic=row.topic,
         state=row.state,
     )
-
-
-def utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored here is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

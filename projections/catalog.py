@@ -174,12 +174,13 @@ def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
         case ApiKey.PersonalDataPurged():
             changes.update(purge_time=event.timestamp, display_name="", description="")
         case ApiKey.DeploymentAttached() | ApiKey.DeploymentDetached():
-            current = json.loads(
-                conn.execute(sa.select(keys.c.deployments).where(this_key)).scalar_one()
-            )
+            stored = conn.execute(sa.select(keys.c.deployments).where(this_key)).scalar()
+            if stored is None:
+                return  # its creation did not decode (altered outside edgekeys)
+            current = json.loads(stored)
             if isinstance(event, ApiKey.DeploymentAttached):
                 current.append(event.deployment)
-            else:
+            elif event.deployment in current:
                 current.remove(event.deployment)
             changes["deployments"] = json.dumps(current)
             _set_deployments(conn, key_id, current)

@@ -57,6 +57,9 @@ class ValidationIndex:
         """Fold one stored event into the index. Entries are replaced, never mutated,
         so a concurrent reader sees either the old entry or the new one."""
         key_id = event.originator_id
+        self.position = position
+        if key_id not in self._digest_by_id and not isinstance(event, ApiKey.KeyCreated):
+            return  # its creation did not decode (altered outside edgekeys): nothing to fold
         match event:
             case ApiKey.KeyCreated():
                 digest = bytes.fromhex(event.secret_sha256)
@@ -74,7 +77,6 @@ class ValidationIndex:
                 self._put(replace(entry, deployments=entry.deployments - {event.deployment}))
             case ApiKey.ExpiryChanged():
                 self._put(replace(self._entry(key_id), expire_time=event.expire_time))
-        self.position = position
 
     def _entry(self, key_id: UUID) -> Entry:
         return self._by_digest[self._digest_by_id[key_id]]

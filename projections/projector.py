@@ -37,32 +37,47 @@ class Projector:
 
     def catch_up(self) -> int:
         """Apply everything the store holds beyond what the projections have seen.
-        Returns the position the index has reached."""
+        Returns the position the index has reached.
+
+        The index always reaches the head: it is memory, and a revocation must hold at
+        once. A table that fails to update (its database briefly unavailable) is left
+        behind, logged, and retried at the next catch-up."""
         with self._lock:
+            behind: set[str] = set()
             while True:
-                start = min(self.index.position, *self._positions.values())
+                start = min(
+                    [self.index.position]
+                    + [p for name, p in self._positions.items() if name not in behind]
+                )
                 notifications = self.app.recorder.select_notifications(
                     start=start, limit=BATCH, inclusive_of_start=False
                 )
                 if not notifications:
                     return self.index.position
                 events = self._decode(notifications)
-                # The index first: it is memory and cannot fail, and a revocation must
-                # hold at once even if a table is briefly unavailable.
-                for row, event in events:
-                    if row.id > self.index.position:
-                        self.index.apply(row.id, event)
-                        if isinstance(event, ApiKey.PersonalDataPurged):
-                            self.app.data_keys.destroy(event.originator_id)
+                fresh = [(row, event) for row, event in events if row.id > self.index.position]
+                for row, event in fresh:
+                    self.index.apply(row.id, event)
                 self.index.position = notifications[-1].id
-                try:
-                    self.catalog.process((row.id, event) for row, event in events)
-                    self._positions["catalog"] = notifications[-1].id
-                    self.audit.process(events)
-                    self._positions["audit"] = notifications[-1].id
-                except SQLAlchemyError:
-                    log.exception("projection update failed after position %d; will retry", start)
-                    return self.index.position
+                for name in ("catalog", "audit"):
+                    if name in behind:
+                        continue
+                    try:
+                        if name == "catalog":
+                            self.catalog.process((row.id, event) for row, event in events)
+                        else:
+                            self.audit.process(events)
+                        self._positions[name] = notifications[-1].id
+                    except (SQLAlchemyError, ValueError):
+                        log.exception("%s update failed after position %d; will retry", name, start)
+                        behind.add(name)
+                # After the catalog blanked its copy, so the checkpoint in `destroy`
+                # leaves no page with the words in the database file.
+                for _, event in fresh:
+                    owner = event.originator_id
+                    purged = isinstance(event, ApiKey.PersonalDataPurged)
+                    if purged and self.app.data_keys.find(owner) is not None:
+                        self.app.data_keys.destroy(owner)
 
     def _decode(
         self, notifications: Sequence[Notification]

@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -22,6 +23,7 @@ from service.domain import StaleEtag
 from service.errors import InvalidArgument
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
 MAX_BATCH = 1000
 
@@ -46,7 +48,10 @@ class Writer:
         try:
             return write(*args, **kwargs)
         finally:
-            self.projector.catch_up()
+            try:
+                self.projector.catch_up()
+            except Exception:  # the write is committed; the poller catches up later
+                log.exception("projection after a write failed")
 
     async def catch_up(self) -> None:
         await self.run(lambda: None)

@@ -37,8 +37,9 @@ class KeyStore(Application[UUID]):
     snapshotting_intervals: ClassVar[dict[Any, int]] = {ApiKey: 100}
 
     def __init__(self, database_url: str, clock: Clock) -> None:
+        environment = store_environment(database_url)  # creates the file's directory
         self.data_keys = DataKeys(sql_engine(database_url))
-        super().__init__(env=store_environment(database_url))
+        super().__init__(env=environment)
         self.clock = clock
 
     @property

@@ -6,6 +6,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+LOCK_TIMEOUT = 30  # seconds a writer waits for SQLite's write lock
+
 
 def store_environment(database_url: str) -> dict[str, str]:
     """eventsourcing's settings for a database URL (see README, "Configuration")."""
@@ -16,7 +18,11 @@ def store_environment(database_url: str) -> dict[str, str]:
                 "sqlite URL has no file: use sqlite:///relative.db or sqlite:////abs.db"
             )
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "SQLITE_LOCK_TIMEOUT": str(LOCK_TIMEOUT),  # other workers may hold the lock
+        }
     raise ValueError(f"unsupported database URL {database_url!r}: expected sqlite:///FILE")
 
 
@@ -24,7 +30,7 @@ def sql_engine(database_url: str) -> sa.Engine:
     """SQLAlchemy, for the read models and data keys kept beside the event store."""
     if not database_url.startswith("sqlite:"):
         return sa.create_engine(database_url)
-    engine = sa.create_engine(database_url, connect_args={"timeout": 30})
+    engine = sa.create_engine(database_url, connect_args={"timeout": LOCK_TIMEOUT})
 
     # A transaction started with execution option `writing=True` takes SQLite's write
     # lock when it begins, not at its first write: with several workers, one then waits

@@ -55,7 +55,7 @@ class DataKeys:
         if (found := self.find(owner)) is not None:
             return found
         data_key = AESGCM.generate_key(bit_length=256)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             existing = conn.execute(
                 sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
             ).scalar()
@@ -69,7 +69,7 @@ class DataKeys:
     def destroy(self, owner: UUID) -> None:
         """Idempotent. On SQLite the row is overwritten with zeros (secure_delete) and
         the WAL emptied, so no copy of the key stays in the database files."""
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             conn.execute(_keys.delete().where(_keys.c.owner == owner.hex))
         if self.engine.dialect.name == "sqlite":
             with self.engine.connect() as conn:

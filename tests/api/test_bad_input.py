@@ -46,6 +46,7 @@ class Shared:
     secret: str  # of a key of PROJECT attached to LLAMA
     full_key: pb.ApiKey  # attached to the most deployments a key may have
     page_token: str  # a real next_page_token of ListApiKeys(parent=PAGED, page_size=1)
+    purged_key: pb.ApiKey  # a key of PROJECT deleted and purged already
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,15 @@ def shared(server: RunningServer) -> Shared:
         server.create(parent=PAGED, deployments=())
     first_page = server.keys.ListApiKeys(pb.ListApiKeysRequest(parent=PAGED, page_size=1))
     assert first_page.next_page_token
-    return Shared(secret=secret, full_key=full_key, page_token=first_page.next_page_token)
+    purged = server.create(deployments=(LLAMA,)).api_key
+    server.keys.DeleteApiKey(pb.DeleteApiKeyRequest(name=purged.name))
+    purged = server.keys.PurgeApiKey(pb.PurgeApiKeyRequest(name=purged.name)).api_key
+    return Shared(
+        secret=secret,
+        full_key=full_key,
+        page_token=first_page.next_page_token,
+        purged_key=purged,
+    )
 
 
 @pytest.fixture
@@ -509,6 +518,48 @@ DELETE_CASES = [
     ],
 ]
 
+
+def purge_case(
+    label: str,
+    field: str | None,
+    *,
+    code: grpc.StatusCode = INVALID,
+    reason: str | None = None,
+    **options: str,
+) -> Case:
+    def build(w: World) -> Message:
+        return pb.PurgeApiKeyRequest(name=w.key.name, **options)
+
+    return Case(f"PurgeApiKey-{label}", "PurgeApiKey", build, field, code, reason)
+
+
+PURGE_CASES = [
+    *key_name_cases("PurgeApiKey", "name", lambda name: pb.PurgeApiKeyRequest(name=name)),
+    *[
+        purge_case(f"request-id-{label}", "request_id", request_id=bad)
+        for label, bad in BAD_REQUEST_IDS
+    ],
+    *[
+        purge_case(label, "etag", etag=bad, code=grpc.StatusCode.ABORTED, reason="ETAG_MISMATCH")
+        for label, bad in BAD_ETAGS
+    ],
+    # The world's key is live: only a deleted key's personal data may be purged.
+    purge_case(
+        "key-not-deleted",
+        None,
+        code=grpc.StatusCode.FAILED_PRECONDITION,
+        reason="API_KEY_NOT_DELETED",
+    ),
+    Case(
+        "PurgeApiKey-already-purged",
+        "PurgeApiKey",
+        lambda w: pb.PurgeApiKeyRequest(name=w.shared.purged_key.name),
+        None,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "API_KEY_ALREADY_PURGED",
+    ),
+]
+
 GET_CASES = key_name_cases("GetApiKey", "name", lambda name: pb.GetApiKeyRequest(name=name))
 
 
@@ -567,6 +618,7 @@ MANAGEMENT_CASES = [
     *ATTACH_CASES,
     *DETACH_CASES,
     *DELETE_CASES,
+    *PURGE_CASES,
 ]
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eventsourcing.application import Application
 from eventsourcing.utils import get_topic, resolve_topic
 
 from service import keyformat
+from service.application import KeyStore
 from service.domain import (
     MAX_DEPLOYMENTS,
+    AlreadyPurged,
     ApiKey,
     DeploymentAlreadyAttached,
     DeploymentNotAttached,
@@ -20,6 +21,8 @@ from service.domain import (
     DomainError,
     ExpiryNotInFuture,
     KeyDeleted,
+    KeyNotDeleted,
+    PersonalData,
     TooManyDeployments,
 )
 from service.names import KeyName
@@ -30,6 +33,7 @@ NAME = KeyName("acme", "key-one")
 LLAMA = "projects/acme/deployments/llama"
 MISTRAL = "projects/acme/deployments/mistral"
 FOREIGN = "projects/other/deployments/llama"
+KEY_ID = ApiKey.id_for(NAME)
 SECRET = keyformat.new_secret()
 
 # Stored history is decoded by these strings: they may never change.
@@ -41,6 +45,7 @@ TOPICS: dict[type[Any], str] = {
     ApiKey.DeploymentDetached: "edgekeys:DeploymentDetached",
     ApiKey.ExpiryChanged: "edgekeys:ExpiryChanged",
     ApiKey.KeyDeleted: "edgekeys:KeyDeleted",
+    ApiKey.PersonalDataPurged: "edgekeys:PersonalDataPurged",
 }
 
 
@@ -84,14 +89,15 @@ def context(request_id: str, now: datetime = LATER) -> dict[str, Any]:
     return {"actor": "bob", "request_id": request_id, "now": now}
 
 
+def personal(text: str | None) -> PersonalData:
+    """Personal data of the key NAME."""
+    return PersonalData(KEY_ID, text)
+
+
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Application[Any]]:
-    application: Application[Any] = Application(
-        env={
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(tmp_path / "events.db"),
-        }
-    )
+def app(tmp_path: Path) -> Iterator[KeyStore]:
+    """A store that encrypts personal data the way the service does."""
+    application = KeyStore(f"sqlite:///{tmp_path / 'events.db'}", lambda: NOW)
     yield application
     application.close()
 
@@ -108,17 +114,19 @@ def test_create_records_key_created_with_actor_request_id_and_values() -> None:
     assert event.actor == "alice"
     assert event.request_id == "r-1"
     assert event.timestamp == NOW
-    assert event.originator_id == ApiKey.id_for(NAME)
+    assert event.originator_id == KEY_ID
     assert event.originator_version == 1
     assert event.name == "projects/acme/apiKeys/key-one"
-    assert event.display_name == "Llama key"
-    assert event.description == "for the llama demo"
+    assert event.display_name == personal("Llama key")
+    assert event.description == personal("for the llama demo")
     assert event.deployments == [LLAMA, MISTRAL]
     assert event.expire_time == NOW + timedelta(days=30)
     assert event.secret_sha256 == keyformat.digest(SECRET).hex()
-    assert key.request_ids == {"r-1"}
+    assert key.request_ids == {"r-1": None}
     assert key.creation_request_id == "r-1"
+    assert (key.display_name, key.description) == ("Llama key", "for the llama demo")
     assert not key.is_deleted
+    assert key.purge_time is None
 
 
 def test_key_created_never_carries_the_secret() -> None:
@@ -205,7 +213,7 @@ def test_change_details_records_details_changed() -> None:
     )
 
     assert isinstance(event, ApiKey.DetailsChanged)
-    assert (event.display_name, event.description) == ("New name", "New text")
+    assert (event.display_name, event.description) == (personal("New name"), personal("New text"))
     assert (key.display_name, key.description) == ("New name", "New text")
 
 
@@ -220,7 +228,7 @@ def test_change_details_carries_only_the_changed_field() -> None:
     )
 
     assert isinstance(event, ApiKey.DetailsChanged)
-    assert event.display_name == "New name"
+    assert event.display_name == personal("New name")
     assert event.description is None
     assert key.description == "for the llama demo"
 
@@ -446,8 +454,97 @@ def test_every_refusal_is_a_domain_error() -> None:
         DeploymentOfOtherProject,
         ExpiryNotInFuture,
         TooManyDeployments,
+        KeyNotDeleted,
+        AlreadyPurged,
     ):
         assert issubclass(error, DomainError)
+
+
+# Purging a deleted key's personal data
+
+
+def test_purge_records_personal_data_purged_with_actor_and_request_id() -> None:
+    key = deleted_key()
+
+    event = expect_one_event(
+        key,
+        lambda k: k.purge_personal_data(**context("r-purge")),
+        ApiKey.PersonalDataPurged,
+        "r-purge",
+    )
+
+    assert isinstance(event, ApiKey.PersonalDataPurged)
+    assert key.version == 3
+
+
+def test_a_purge_erases_the_name_and_description_and_sets_purge_time() -> None:
+    key = deleted_key()
+
+    key.purge_personal_data(**context("r-purge", now=LATER + timedelta(minutes=1)))
+
+    assert (key.display_name, key.description) == ("", "")
+    assert (key.personal_name, key.personal_description) == (personal(None), personal(None))
+    assert key.purge_time == LATER + timedelta(minutes=1)
+    assert key.delete_time == LATER
+    # Only the personal data goes: what the key was stays.
+    assert key.name == str(NAME)
+    assert key.deployments == [LLAMA]
+    assert key.secret_sha256 == keyformat.digest(SECRET).hex()
+
+
+def test_purging_a_key_that_is_not_deleted_is_refused() -> None:
+    key = settled_key()
+
+    with pytest.raises(KeyNotDeleted):
+        key.purge_personal_data(**context("r-purge"))
+
+    assert pending(key) == []
+    assert key.version == 1
+    assert key.purge_time is None
+    assert (key.display_name, key.description) == ("Llama key", "for the llama demo")
+    assert "r-purge" not in key.request_ids
+
+
+def test_purging_twice_is_refused() -> None:
+    key = deleted_key()
+    key.purge_personal_data(**context("r-purge"))
+    key.collect_events()
+
+    with pytest.raises(AlreadyPurged):
+        key.purge_personal_data(**context("r-purge-again", now=LATER + timedelta(days=1)))
+
+    assert pending(key) == []
+    assert key.version == 3
+    assert key.purge_time == LATER
+    assert "r-purge-again" not in key.request_ids
+
+
+def test_a_purged_key_is_still_deleted_and_refuses_every_change() -> None:
+    key = deleted_key()
+    key.purge_personal_data(**context("r-purge"))
+    key.collect_events()
+
+    assert key.is_deleted
+    commands: list[Command] = [
+        lambda k: k.change_details("Back again", None, **context("r-late")),
+        lambda k: k.attach(MISTRAL, **context("r-late")),
+        lambda k: k.delete(**context("r-late")),
+    ]
+    for command in commands:
+        with pytest.raises(KeyDeleted):
+            command(key)
+    assert pending(key) == []
+    assert key.display_name == ""
+
+
+def test_personal_data_shows_its_text_and_nothing_once_erased() -> None:
+    assert personal("Llama key").shown == "Llama key"
+    assert personal("").shown == ""
+    assert personal(None).shown == ""
+    assert personal("Llama key") != personal(None)
+    assert PersonalData(ApiKey.id_for(KeyName("acme", "key-two")), "Llama key") != personal(
+        "Llama key"
+    )
 
 
 # Stored history
@@ -463,20 +560,26 @@ def a_key_with_history() -> ApiKey:
     return key
 
 
-def test_replaying_stored_events_rebuilds_the_same_key(app: Application[Any]) -> None:
+def test_replaying_stored_events_rebuilds_the_same_key(app: KeyStore) -> None:
     key = a_key_with_history()
     app.save(key)
 
-    replayed: ApiKey = app.repository.get(ApiKey.id_for(NAME))
+    replayed: ApiKey = app.repository.get(KEY_ID)
 
     assert isinstance(replayed, ApiKey)
     assert replayed.name == key.name == str(NAME)
     assert replayed.display_name == "Renamed"
     assert replayed.description == "new text"
+    assert (replayed.personal_name, replayed.personal_description) == (
+        personal("Renamed"),
+        personal("new text"),
+    )
     assert replayed.deployments == key.deployments == [MISTRAL]
     assert replayed.expire_time == key.expire_time == NOW + timedelta(days=60)
     assert replayed.delete_time == key.delete_time == LATER + timedelta(minutes=1)
-    assert replayed.request_ids == key.request_ids == {"r-1", "r-2", "r-3", "r-4", "r-5"}
+    assert (
+        list(replayed.request_ids) == list(key.request_ids) == ["r-1", "r-2", "r-3", "r-4", "r-5"]
+    )
     assert replayed.creation_request_id == "r-1"
     assert replayed.secret_sha256 == key.secret_sha256
     assert replayed.secret_hint == key.secret_hint
@@ -486,19 +589,22 @@ def test_replaying_stored_events_rebuilds_the_same_key(app: Application[Any]) ->
     assert vars(replayed) == vars(key)
 
 
-def test_replaying_up_to_a_version_gives_the_key_as_it_was(app: Application[Any]) -> None:
+def test_replaying_up_to_a_version_gives_the_key_as_it_was(app: KeyStore) -> None:
     app.save(a_key_with_history())
 
-    before_delete: ApiKey = app.repository.get(ApiKey.id_for(NAME), version=5)
+    before_delete: ApiKey = app.repository.get(KEY_ID, version=5)
 
     assert isinstance(before_delete, ApiKey)
     assert before_delete.version == 5
     assert before_delete.delete_time is None
     assert before_delete.deployments == [MISTRAL]
     assert "r-5" not in before_delete.request_ids
+    as_created: ApiKey = app.repository.get(KEY_ID, version=1)
+    assert (as_created.display_name, as_created.description) == ("Llama key", "for the llama demo")
+    assert list(as_created.request_ids) == ["r-1"]
 
 
-def test_stored_history_never_contains_the_secret(app: Application[Any]) -> None:
+def test_stored_history_never_contains_the_secret(app: KeyStore) -> None:
     app.save(a_key_with_history())
 
     notifications = app.recorder.select_notifications(start=None, limit=100)
@@ -529,7 +635,7 @@ def test_every_event_class_of_the_key_declares_its_own_topic() -> None:
         assert resolve_topic(cls.TOPIC) is cls, f"{cls.TOPIC!r} resolves to another class"
 
 
-def test_stored_events_are_recorded_under_their_stable_topics(app: Application[Any]) -> None:
+def test_stored_events_are_recorded_under_their_stable_topics(app: KeyStore) -> None:
     app.save(a_key_with_history())
 
     notifications = app.recorder.select_notifications(start=None, limit=100)
@@ -546,3 +652,41 @@ def test_stored_events_are_recorded_under_their_stable_topics(app: Application[A
     assert isinstance(created, ApiKey.KeyCreated)
     assert created.originator_topic == "edgekeys:ApiKey"
     assert b"edgekeys:ApiKey" in notifications[0].state
+
+
+def test_stored_history_holds_names_and_descriptions_only_encrypted(app: KeyStore) -> None:
+    app.save(a_key_with_history())
+
+    notifications = app.recorder.select_notifications(start=None, limit=100)
+    created = app.mapper.to_domain_event(notifications[0])
+    changed = app.mapper.to_domain_event(notifications[1])
+
+    for words in (b"Llama key", b"for the llama demo", b"Renamed", b"new text"):
+        assert all(words not in n.state for n in notifications)
+    assert isinstance(created, ApiKey.KeyCreated)
+    assert (created.display_name, created.description) == (
+        personal("Llama key"),
+        personal("for the llama demo"),
+    )
+    assert isinstance(changed, ApiKey.DetailsChanged)
+    assert (changed.display_name, changed.description) == (
+        personal("Renamed"),
+        personal("new text"),
+    )
+
+
+def test_a_stored_purge_replays_with_the_words_erased(app: KeyStore) -> None:
+    key = a_key_with_history()
+    key.purge_personal_data(**context("r-6", now=LATER + timedelta(minutes=2)))
+    app.save(key)
+
+    replayed: ApiKey = app.repository.get(KEY_ID)
+    [last] = app.recorder.select_notifications(start=7, limit=1)
+
+    assert last.topic == "edgekeys:PersonalDataPurged"
+    assert isinstance(app.mapper.to_domain_event(last), ApiKey.PersonalDataPurged)
+    assert replayed.version == 7
+    assert (replayed.display_name, replayed.description) == ("", "")
+    assert replayed.purge_time == LATER + timedelta(minutes=2)
+    assert list(replayed.request_ids) == ["r-1", "r-2", "r-3", "r-4", "r-5", "r-6"]
+    assert vars(replayed) == vars(key)

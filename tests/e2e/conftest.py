@@ -39,6 +39,10 @@ class ServeProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen([BIN / "edgekeys", "serve"], env=self.env, cwd=ROOT)
+        self.wait_serving()
+
+    def wait_serving(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + 30
         with grpc.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)

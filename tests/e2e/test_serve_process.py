@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import grpc
 
@@ -114,7 +115,18 @@ def test_the_readme_buf_curl_tour_works_against_the_served_process(served: Serve
     history = json.loads(
         next(o for c, o in zip(commands, outputs, strict=True) if "/ListApiKeyEvents" in c)
     )
-    assert [e["eventType"] for e in history["events"]][0] == "KeyCreated"
+    assert history["events"][0]["eventType"] == "KeyCreated"
     assert history["events"][-1]["eventType"] == "KeyDeleted"
     verified = json.loads(outputs[-1])
     assert verified["ok"] is True
+
+
+def test_the_default_store_is_created_under_var_of_the_working_directory(tmp_path: Path) -> None:
+    process = ServeProcess(tmp_path / "unused.db")
+    del process.env["EDGEKEYS_DATABASE_URL"]  # as `make run` on a fresh clone
+    process.process = subprocess.Popen([BIN / "edgekeys", "serve"], env=process.env, cwd=tmp_path)
+    try:
+        process.wait_serving()
+        assert (tmp_path / "var" / "edgekeys.db").is_file()
+    finally:
+        assert process.stop() == 0

@@ -117,6 +117,7 @@ def test_process_applies_created_keys_and_moves_the_position(catalog: Catalog, l
         created_on=NOW,
         modified_on=NOW,
         delete_time=None,
+        purge_time=None,
         secret_hint=key.secret_hint,
         version=1,
         position=1,
@@ -153,7 +154,56 @@ def test_a_deleted_key_keeps_its_row_with_a_delete_time(catalog: Catalog, log: L
 
     [record] = all_of(catalog, show_deleted=True)
     assert record.delete_time == NOW + timedelta(minutes=5)
+    assert record.purge_time is None
+    assert record.display_name == "name of key-one"
     assert record.version == 2
+
+
+def test_a_purge_blanks_the_name_and_description_and_sets_purge_time(
+    catalog: Catalog, log: Log
+) -> None:
+    key = new_key("key-one", (LLAMA, MISTRAL))
+    key.change_details("renamed", "new words", **later(1))
+    key.delete(**later(5))
+    catalog.process(log.take(key))
+    [before] = all_of(catalog, show_deleted=True)
+    key.purge_personal_data(**later(9))
+
+    catalog.process(log.take(key))
+
+    [record] = all_of(catalog, show_deleted=True)
+    assert (record.display_name, record.description) == ("", "")
+    assert record.purge_time == NOW + timedelta(minutes=9)
+    assert record.modified_on == NOW + timedelta(minutes=9)
+    assert record.version == 4
+    assert catalog.position == 4
+    # Everything but the personal data stays as it was.
+    assert record.delete_time == before.delete_time == NOW + timedelta(minutes=5)
+    assert (record.name, record.deployments, record.secret_hint, record.position) == (
+        before.name,
+        before.deployments,
+        before.secret_hint,
+        before.position,
+    )
+    assert all_of(catalog) == []
+    assert names(all_of(catalog, deployment=LLAMA, show_deleted=True)) == [record.name]
+
+
+def test_a_purge_in_the_same_batch_as_the_creation_leaves_no_words_behind(
+    catalog: Catalog, log: Log
+) -> None:
+    key = new_key("key-one")
+    key.delete(**later(1))
+    key.purge_personal_data(**later(2))
+
+    catalog.process(log.take(key, new_key("key-two")))
+
+    assert [
+        (r.name, r.display_name, r.description) for r in all_of(catalog, show_deleted=True)
+    ] == [
+        ("projects/acme/apiKeys/key-one", "", ""),
+        ("projects/acme/apiKeys/key-two", "name of key-two", "about key-two"),
+    ]
 
 
 def test_a_catalog_reopened_on_the_same_database_resumes_its_position(

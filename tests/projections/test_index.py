@@ -187,6 +187,22 @@ def test_a_deleted_key_is_not_found_like_one_that_never_existed(
     assert len(index) == 1
 
 
+def test_a_purged_key_stays_not_found_and_the_others_stay_allowed(
+    index: ValidationIndex, feed: Feed
+) -> None:
+    key, secret = feed.create("key-one")
+    _, other_secret = feed.create("key-two")
+    key.delete(**later(minutes=1))
+    key.purge_personal_data(**later(minutes=2))
+
+    feed.publish(key)
+
+    assert index.position == 4
+    assert index.check(secret, LLAMA, NOW + timedelta(minutes=2)) == (VERDICT_NOT_FOUND, None)
+    assert index.check(other_secret, LLAMA, NOW)[0] == VERDICT_ALLOWED
+    assert len(index) == 1
+
+
 def test_a_detached_deployment_stops_being_allowed(index: ValidationIndex, feed: Feed) -> None:
     key, secret = feed.create(deployments=(LLAMA, MISTRAL))
 
