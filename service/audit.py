@@ -29,7 +29,13 @@ class Feed:
 
     def __init__(self) -> None:
         self.position = 0
+        self.closed = False
         self._grown = asyncio.Event()
+
+    def close(self) -> None:
+        """Ends every watch: the server is stopping."""
+        self.closed = True
+        self._grown.set()
 
     def advance(self, position: int) -> None:
         if position > self.position:
@@ -38,7 +44,7 @@ class Feed:
             self._grown = asyncio.Event()
 
     async def beyond(self, position: int) -> None:
-        while self.position <= position:
+        while self.position <= position and not self.closed:
             await self._grown.wait()
 
 
@@ -140,6 +146,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
                 after = entry.position
             if len(found) < WATCH_BATCH:
                 await self.feed.beyond(seen)
+            if self.feed.closed:
+                return
 
     async def VerifyAuditLog(
         self, request: apb.VerifyAuditLogRequest, context: grpc.aio.ServicerContext

@@ -4,7 +4,7 @@ set with the environment variable `EDGEKEYS_SOME_FLAG`; the flag wins."""
 import argparse
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 ENV_PREFIX = "EDGEKEYS_"
@@ -21,10 +21,6 @@ class Settings:
     @staticmethod
     def env_name(field: str) -> str:
         return ENV_PREFIX + field.upper()
-
-    def environment(self) -> dict[str, str]:
-        """These settings as EDGEKEYS_* variables, for a child process."""
-        return {self.env_name(name): str(value) for name, value in asdict(self).items()}
 
 
 _HELP = {

@@ -100,6 +100,7 @@ class EdgeKeysServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.feed.close()
         for task in (self._poller, self._verifier):
             if task:
                 task.cancel()
