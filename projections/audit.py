@@ -20,6 +20,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from eventsourcing.persistence import Notification
 
+from service.database import create_tables
 from service.domain import ApiKey
 
 GENESIS = bytes(32)
@@ -91,7 +92,7 @@ class AuditLog:
     def __init__(self, engine: sa.Engine, events_table: str) -> None:
         self.engine = engine
         self.events_table = events_table
-        metadata.create_all(engine)
+        create_tables(engine, metadata)
         self._names: dict[UUID, str] = {}
 
     @property

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from service.database import create_tables
 from service.domain import ApiKey
 
 metadata = sa.MetaData()
@@ -76,7 +77,7 @@ class KeyRecord:
 class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        create_tables(engine, metadata)
         with engine.connect() as conn, conn.execution_options(writing=True).begin():
             if _position(conn) is None:
                 conn.execute(tracking.insert(), {"projection": _PROJECTION, "position": 0})

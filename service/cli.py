@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -71,8 +72,9 @@ def _supervise(settings: config.Settings) -> int:
         nonlocal stopping
         stopping = True
         for worker in workers:
-            if worker.pid is not None:
-                os.kill(worker.pid, signal.SIGTERM)
+            if worker.pid is not None and worker.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

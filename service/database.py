@@ -26,6 +26,13 @@ def store_environment(database_url: str) -> dict[str, str]:
     raise ValueError(f"unsupported database URL {database_url!r}: expected sqlite:///FILE")
 
 
+def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Create what is missing, holding the write lock from the start: workers starting
+    together on a new database would otherwise fail to upgrade a read lock."""
+    with engine.connect() as conn, conn.execution_options(writing=True).begin():
+        metadata.create_all(conn)
+
+
 def sql_engine(database_url: str) -> sa.Engine:
     """SQLAlchemy, for the read models and data keys kept beside the event store."""
     if not database_url.startswith("sqlite:"):

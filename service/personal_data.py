@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Transcoding
 
+from service.database import create_tables
 from service.domain import PersonalData
 
 _metadata = sa.MetaData()
@@ -34,7 +35,7 @@ class DataKeys:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        _metadata.create_all(engine)
+        create_tables(engine, _metadata)
         self._cache: dict[UUID, bytes | None] = {}
         self._lock = threading.Lock()
 
