@@ -24,7 +24,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import queue
 import random
 import shutil
@@ -44,9 +43,9 @@ from typing import Any, TypeAlias, cast
 from uuid import UUID
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.exc import OperationalError
 
+from bench.run import machine, percentile
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
@@ -71,23 +70,6 @@ REVISION_TARGET_MS = 50.0  # p99
 LOCK_WAIT = 300  # seconds a seeding writer may wait for SQLite's write lock
 # (database label, seconds spent saving or an error's text)
 Results: TypeAlias = "Queue[tuple[str, float | str]]"
-
-
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def say(message: str) -> None:
@@ -308,19 +290,8 @@ class Server(ServeProcess):
         """Start; seconds until it answered SERVING."""
         began = time.perf_counter()
         self.process = subprocess.Popen([BIN / "edgekeys", "serve"], env=self.env, cwd=ROOT)
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert self.process.poll() is None, "edgekeys serve exited at start"
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return time.perf_counter() - began
-                except grpc.RpcError:
-                    pass
-                if time.perf_counter() - began > seconds:
-                    raise AssertionError(f"edgekeys serve not SERVING after {seconds} s")
-                time.sleep(0.1)
+        self.wait_serving(seconds)
+        return time.perf_counter() - began
 
     def cpu_seconds(self) -> float:
         assert self.process is not None

@@ -41,9 +41,9 @@ class ServeProcess:
         self.process = subprocess.Popen([BIN / "edgekeys", "serve"], env=self.env, cwd=ROOT)
         self.wait_serving()
 
-    def wait_serving(self) -> None:
+    def wait_serving(self, seconds: float = 30) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + seconds
         with grpc.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
