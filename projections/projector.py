@@ -59,14 +59,14 @@ class Projector:
                 for row, event in fresh:
                     self.index.apply(row.id, event)
                 self.index.position = notifications[-1].id
-                for name in ("catalog", "audit"):
+                for name, update in (
+                    ("catalog", self._update_catalog),
+                    ("audit", self.audit.process),
+                ):
                     if name in behind:
                         continue
                     try:
-                        if name == "catalog":
-                            self.catalog.process((row.id, event) for row, event in events)
-                        else:
-                            self.audit.process(events)
+                        update(events)
                         self._positions[name] = notifications[-1].id
                     except (SQLAlchemyError, ValueError):
                         log.exception("%s update failed after position %d; will retry", name, start)
@@ -78,6 +78,9 @@ class Projector:
                     purged = isinstance(event, ApiKey.PersonalDataPurged)
                     if purged and self.app.data_keys.find(owner) is not None:
                         self.app.data_keys.destroy(owner)
+
+    def _update_catalog(self, events: Sequence[tuple[Notification, ApiKey.Event]]) -> None:
+        self.catalog.process((row.id, event) for row, event in events)
 
     def _decode(
         self, notifications: Sequence[Notification]

@@ -15,12 +15,13 @@ from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector
 from service import rpc
-from service.api import ApiKeyService, ValidationService, Writer
+from service.api import ApiKeyService, ValidationService
 from service.application import Clock, KeyStore
 from service.audit import AuditService, Feed
 from service.authz import AuthorizationService
 from service.config import Settings
 from service.database import sql_engine
+from service.writer import Writer
 
 log = logging.getLogger(__name__)
 
