@@ -92,6 +92,8 @@ class AuditLog:
     def __init__(self, engine: sa.Engine, events_table: str) -> None:
         self.engine = engine
         self.events_table = events_table
+        # The store's own position column: SQLite's rowid, PostgreSQL's notification_id.
+        self._position = "rowid" if engine.dialect.name == "sqlite" else "notification_id"
         create_tables(engine, metadata)
         self._names: dict[UUID, str] = {}
 
@@ -201,8 +203,8 @@ class AuditLog:
         if not positions:
             return {}
         query = sa.text(
-            "SELECT rowid AS position, originator_id, originator_version, topic, state "
-            f"FROM {self.events_table} WHERE rowid IN :positions"
+            f"SELECT {self._position} AS position, originator_id, originator_version, "
+            f"topic, state FROM {self.events_table} WHERE {self._position} IN :positions"
         ).bindparams(sa.bindparam("positions", expanding=True))
         return {
             row.position: _notification(row)
@@ -270,9 +272,10 @@ class AuditLog:
                 ).all()
                 stored = conn.execute(
                     sa.text(
-                        "SELECT rowid AS position, originator_id, originator_version, topic, "
-                        f"state FROM {self.events_table} WHERE rowid > :after "
-                        "ORDER BY rowid LIMIT :batch"
+                        f"SELECT {self._position} AS position, originator_id, "
+                        f"originator_version, topic, state FROM {self.events_table} "
+                        f"WHERE {self._position} > :after ORDER BY {self._position} "
+                        "LIMIT :batch"
                     ),
                     {"after": after, "batch": batch},
                 ).all()
@@ -307,8 +310,10 @@ class AuditLog:
 def _notification(row: sa.Row) -> Notification:  # type: ignore[type-arg]
     return Notification(
         id=row.position,
-        originator_id=UUID(row.originator_id),
+        originator_id=row.originator_id
+        if isinstance(row.originator_id, UUID)
+        else UUID(row.originator_id),
         originator_version=row.originator_version,
         topic=row.topic,
-        state=row.state,
+        state=bytes(row.state),
     )

@@ -15,7 +15,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder
 
 from service import keyformat
-from service.database import sql_engine, store_environment
+from service.database import exclusive_setup, sql_engine, store_environment
 from service.domain import ApiKey, KeyAlreadyExists, KeyNotFound, StaleEtag
 from service.names import KeyName
 from service.personal_data import DataKeys, PersonalDataAsCiphertext
@@ -38,8 +38,10 @@ class KeyStore(Application[UUID]):
 
     def __init__(self, database_url: str, clock: Clock) -> None:
         environment = store_environment(database_url)  # creates the file's directory
-        self.data_keys = DataKeys(sql_engine(database_url))
-        super().__init__(env=environment)
+        self.engine = sql_engine(database_url)  # for everything kept beside the store
+        self.data_keys = DataKeys(self.engine)
+        with exclusive_setup(self.engine):  # the library creates its tables here
+            super().__init__(env=environment)
         self.clock = clock
 
     @property

@@ -1,12 +1,29 @@
 """Where the data lives: the event store's settings and a SQL engine for what is kept
-beside it, both from one database URL."""
+beside it, both from one database URL.
 
+- `sqlite:///relative.db`, `sqlite:////absolute.db`: embedded, one machine.
+- `postgresql://user:password@host:port/dbname`: shared by several replicas.
+"""
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
 
 LOCK_TIMEOUT = 30  # seconds a writer waits for SQLite's write lock
+CONNECT_TIMEOUT = 2  # seconds to reach PostgreSQL before a request fails UNAVAILABLE
+# Writers of the tables beside the store hold this transaction-level advisory lock on
+# PostgreSQL, as they hold SQLite's write lock: one replica at a time moves a projection
+# and its tracking position, and every other replica sees that move before its own.
+WRITE_LOCK = zlib.crc32(b"edgekeys projections")
+
+
+def is_postgres(database_url: str) -> bool:
+    return database_url.startswith(("postgresql://", "postgres://"))
 
 
 def store_environment(database_url: str) -> dict[str, str]:
@@ -23,26 +40,103 @@ def store_environment(database_url: str) -> dict[str, str]:
             "SQLITE_DBNAME": path,
             "SQLITE_LOCK_TIMEOUT": str(LOCK_TIMEOUT),  # other workers may hold the lock
         }
-    raise ValueError(f"unsupported database URL {database_url!r}: expected sqlite:///FILE")
+    if is_postgres(database_url):
+        url = _postgres_url(database_url)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": url.database or "",
+            "POSTGRES_HOST": url.host or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": url.username or "",
+            "POSTGRES_PASSWORD": url.password or "",
+            "POSTGRES_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+            "POSTGRES_PRE_PING": "y",  # a connection that died in an outage is replaced
+            "POSTGRES_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
+            "POSTGRES_POOL_SIZE": "2",
+            "POSTGRES_MAX_OVERFLOW": "4",
+        }
+    raise ValueError(
+        f"unsupported database URL {database_url!r}: expected sqlite:///FILE "
+        "or postgresql://USER@HOST:PORT/DBNAME"
+    )
+
+
+def redacted(database_url: str) -> str:
+    """The URL fit for a log line: no password."""
+    if not is_postgres(database_url):
+        return database_url
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _postgres_url(database_url: str) -> URL:
+    try:
+        url = make_url(database_url)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"malformed database URL {database_url!r}") from None
+    if not url.database or not url.username:
+        raise ValueError(
+            f"database URL {database_url!r} needs a user and a database: "
+            "postgresql://USER@HOST:PORT/DBNAME"
+        )
+    return url.set(drivername="postgresql+psycopg")
 
 
 def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
-    """Create what is missing, holding the write lock from the start: workers starting
-    together on a new database would otherwise fail to upgrade a read lock."""
+    """Create what is missing, holding the write lock from the start: replicas starting
+    together on a new database would otherwise race to create the same table."""
     with engine.connect() as conn, conn.execution_options(writing=True).begin():
         metadata.create_all(conn)
 
 
+@contextmanager
+def exclusive_setup(engine: sa.Engine) -> Iterator[None]:
+    """On PostgreSQL, one replica at a time creates what is missing: concurrent
+    CREATE TABLE IF NOT EXISTS of one table can fail in one of them."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_lock({WRITE_LOCK})")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({WRITE_LOCK})")
+            conn.commit()
+
+
 def sql_engine(database_url: str) -> sa.Engine:
-    """SQLAlchemy, for the read models and data keys kept beside the event store."""
-    if not database_url.startswith("sqlite:"):
-        return sa.create_engine(database_url)
+    """SQLAlchemy, for the read models and data keys kept beside the event store.
+
+    A transaction begun with the execution option `writing=True` holds the write lock
+    from its start (SQLite's, or the advisory lock above on PostgreSQL)."""
+    if is_postgres(database_url):
+        return _postgres_engine(_postgres_url(database_url))
+    return _sqlite_engine(database_url)
+
+
+def _postgres_engine(url: URL) -> sa.Engine:
+    engine = sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=4,
+        pool_timeout=CONNECT_TIMEOUT,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "edgekeys"},
+    )
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(connection: sa.Connection) -> None:
+        if connection.get_execution_options().get("writing", False):
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+    return engine
+
+
+def _sqlite_engine(database_url: str) -> sa.Engine:
     engine = sa.create_engine(database_url, connect_args={"timeout": LOCK_TIMEOUT})
 
-    # A transaction started with execution option `writing=True` takes SQLite's write
-    # lock when it begins, not at its first write: with several workers, one then waits
-    # for another's catalog update and sees its tracking position, instead of failing
-    # to upgrade a read lock.
+    # With several workers, one waits for another's catalog update and then sees its
+    # tracking position, instead of failing to upgrade a read lock.
     @sa.event.listens_for(engine, "connect")
     def configure(connection: Any, record: Any) -> None:
         connection.isolation_level = None  # no implicit BEGIN: the listener below

@@ -20,7 +20,7 @@ from service.application import Clock, KeyStore
 from service.audit import AuditService, Feed
 from service.authz import AuthorizationService
 from service.config import Settings
-from service.database import sql_engine
+from service.database import redacted
 from service.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,8 @@ class EdgeKeysServer:
     def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.database_url, clock)
-        engine = sql_engine(settings.database_url)
-        self.catalog = Catalog(engine)
-        self.audit = AuditLog(engine, self.keys.events_table)
+        self.catalog = Catalog(self.keys.engine)
+        self.audit = AuditLog(self.keys.engine, self.keys.events_table)
         self.index = ValidationIndex()
         self.projector = Projector(self.keys, self.index, self.catalog, self.audit)
         self.feed = Feed()
@@ -94,7 +93,7 @@ class EdgeKeysServer:
         log.info(
             "edgekeys serving on %s (store %s, %d live keys)",
             self.settings.address.rsplit(":", 1)[0] + f":{self.port}",
-            self.settings.database_url,
+            redacted(self.settings.database_url),
             len(self.index),
         )
         return self.port

@@ -15,6 +15,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from service.config import Settings
 from service.server import EdgeKeysServer
+from tests.postgres import fresh_database
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -43,13 +44,16 @@ class RunningServer:
 
     database: Path
     clock: FakeClock
+    database_url: str = ""  # instead of the SQLite file `database`
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _server: EdgeKeysServer | None = None
     _thread: threading.Thread | None = None
     channel: grpc.Channel | None = None
 
     def start(self) -> "RunningServer":
-        settings = Settings(address="127.0.0.1:0", database_url=f"sqlite:///{self.database}")
+        settings = Settings(
+            address="127.0.0.1:0", database_url=self.database_url or f"sqlite:///{self.database}"
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -118,8 +122,29 @@ class RunningServer:
         return response
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_stores: run the module's `running` tests on SQLite and on PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("store", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def running(tmp_path: Path, clock: FakeClock) -> Iterator[RunningServer]:
-    server = RunningServer(database=tmp_path / "edgekeys.db", clock=clock).start()
-    yield server
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The database URL of a fresh store: SQLite unless the test asks for PostgreSQL."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path / 'edgekeys.db'}"
+        return
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def running(tmp_path: Path, clock: FakeClock, store: str) -> Iterator[RunningServer]:
+    server = RunningServer(database=tmp_path / "edgekeys.db", clock=clock, database_url=store)
+    yield server.start()
     server.stop()

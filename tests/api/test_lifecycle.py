@@ -17,6 +17,8 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
 from tests.conftest import RunningServer
 
+pytestmark = pytest.mark.both_stores
+
 PROJECT = "projects/acme"
 LLAMA = "projects/acme/deployments/llama"
 MISTRAL = "projects/acme/deployments/mistral"

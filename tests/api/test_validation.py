@@ -14,6 +14,8 @@ from edgekeys.v1 import validation_pb2 as vpb
 from service import keyformat
 from tests.conftest import RunningServer
 
+pytestmark = pytest.mark.both_stores
+
 LLAMA = "projects/acme/deployments/llama"
 MISTRAL = "projects/acme/deployments/mistral"
 OTHER_PROJECT = "projects/globex/deployments/llama"
