@@ -3,6 +3,12 @@
 Each batch of events is applied in one transaction together with the catalog's
 tracking position, so after a crash the catalog resumes exactly where its last
 commit left it: no event missed, none applied twice.
+
+Replicas sharing a PostgreSQL store share one catalog. Each of them feeds it every
+event, and that is safe: an update holds the projections' write lock (see
+`service.database`) and skips what the tracking position says is done, so each event
+is applied exactly once whatever the number of replicas, with no leader to elect and
+nothing to fail over.
 """
 
 import json

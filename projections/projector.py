@@ -65,8 +65,13 @@ class Projector:
                 ):
                     if name in behind:
                         continue
+                    # Another replica may have been first (see Catalog.process).
+                    unseen = [
+                        (row, event) for row, event in events if row.id > self._positions[name]
+                    ]
                     try:
-                        update(events)
+                        if unseen:
+                            update(unseen)
                         self._positions[name] = notifications[-1].id
                     except (SQLAlchemyError, ValueError):
                         log.exception("%s update failed after position %d; will retry", name, start)

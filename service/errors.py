@@ -24,6 +24,16 @@ class InvalidArgument(Exception):
         self.field = field
 
 
+class StoreUnavailable(Exception):
+    """The event store cannot be reached: the request may succeed later."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the event store is unreachable: changes and catalog reads are refused until "
+            "it is back; ValidateApiKey still answers from memory. Retry later."
+        )
+
+
 # domain error → (code, ErrorInfo reason, the request field it concerns)
 _DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
     domain.KeyNotFound: (code_pb2.NOT_FOUND, "API_KEY_NOT_FOUND", None),
@@ -52,10 +62,12 @@ _DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
 }
 
 
-def to_status(error: "domain.DomainError | InvalidArgument") -> grpc.Status:
+def to_status(error: "domain.DomainError | InvalidArgument | StoreUnavailable") -> grpc.Status:
     field: str | None
     if isinstance(error, InvalidArgument):
         code, reason, field = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.field
+    elif isinstance(error, StoreUnavailable):
+        code, reason, field = code_pb2.UNAVAILABLE, "STORE_UNAVAILABLE", None
     else:
         code, reason, field = _DOMAIN_ERRORS[type(error)]
         field = getattr(error, "field", None) or field

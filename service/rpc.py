@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import sqlalchemy.exc
+from eventsourcing import persistence
 from google.protobuf import empty_pb2
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -19,9 +21,17 @@ from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from service.domain import DomainError
-from service.errors import InvalidArgument, to_status
+from service.errors import InvalidArgument, StoreUnavailable, to_status
 
 _LENGTH_DELIMITED = 2
+# What the database drivers raise when the database cannot be reached (or, for SQLite,
+# stays locked): the request may succeed later, so UNAVAILABLE, not INTERNAL.
+_UNREACHABLE = (
+    persistence.OperationalError,
+    persistence.InterfaceError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
 log = logging.getLogger(__name__)
 
 
@@ -33,9 +43,17 @@ class Undecodable:
 
 
 def register(
-    server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor, *, lossy: bool = False
+    server: grpc.aio.Server,
+    servicer: Any,
+    service: ServiceDescriptor,
+    *,
+    lossy: bool = False,
+    available: Callable[[], bool] | None = None,
 ) -> None:
     """Serve every method of `service` with the same-named method of `servicer`.
+
+    With `available`, a call made while it answers False fails at once with
+    UNAVAILABLE: the service needs the store, and the store is known to be unreachable.
 
     With `lossy`, string fields that are not UTF-8 arrive with U+FFFD in place of the
     bad bytes instead of failing the request: right for ValidationService, where any
@@ -53,7 +71,7 @@ def register(
         )
         wrap = _streaming if method.server_streaming else _unary
         handlers[method.name] = make_handler(
-            wrap(behaviour),
+            wrap(behaviour, available),
             request_deserializer=_decoder(request_class, lossy),
             response_serializer=response_class.SerializeToString,
         )
@@ -62,24 +80,30 @@ def register(
     )
 
 
-def _unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+def _unary(
+    behaviour: Callable[..., Any], available: Callable[[], bool] | None
+) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _statuses(context):
-            return await behaviour(_decoded(request), context)
+            return await behaviour(_decoded(request, available), context)
 
     return handle
 
 
-def _streaming(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+def _streaming(
+    behaviour: Callable[..., AsyncIterator[Any]], available: Callable[[], bool] | None
+) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _statuses(context):
-            async for response in behaviour(_decoded(request), context):
+            async for response in behaviour(_decoded(request, available), context):
                 yield response
 
     return handle
 
 
-def _decoded(request: Any) -> Any:
+def _decoded(request: Any, available: Callable[[], bool] | None) -> Any:
+    if available is not None and not available():
+        raise StoreUnavailable()
     if isinstance(request, Undecodable):
         raise request.error
     return request
@@ -98,8 +122,11 @@ class _statuses:
         return None
 
     async def __aexit__(self, kind: object, error: BaseException | None, trace: object) -> None:
-        if isinstance(error, DomainError | InvalidArgument):
+        if isinstance(error, DomainError | InvalidArgument | StoreUnavailable):
             await self.context.abort_with_status(to_status(error))
+        elif isinstance(error, _UNREACHABLE):
+            log.warning("the store failed during a request: %s", error)
+            await self.context.abort_with_status(to_status(StoreUnavailable()))
         elif isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
             await _internal_error(self.context)
 

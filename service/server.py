@@ -1,7 +1,9 @@
 """Assembles the service: event store, projections, gRPC servicers, health, reflection."""
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import grpc
@@ -20,11 +22,16 @@ from service.application import Clock, KeyStore
 from service.audit import AuditService, Feed
 from service.authz import AuthorizationService
 from service.config import Settings
-from service.database import redacted
+from service.database import is_postgres, redacted
+from service.listener import StoreListener
 from service.writer import Writer
 
 log = logging.getLogger(__name__)
 
+STORE_SERVICES = (
+    api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
 SERVICES = (
     api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].full_name,
@@ -53,10 +60,14 @@ class EdgeKeysServer:
         # Several workers share one port on purpose; a lone server must not share it
         # with a forgotten process by accident.
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
+        # Fail-static: while the shared store is unreachable, what needs it fails fast
+        # with UNAVAILABLE and validation goes on answering from memory.
+        self.store_available = True
         rpc.register(
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer),
             api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"],
+            available=self._store_available,
         )
         rpc.register(
             self.server,
@@ -68,6 +79,7 @@ class EdgeKeysServer:
             self.server,
             AuditService(self.keys, self.audit, self.feed),
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+            available=self._store_available,
         )
         rpc.register(
             self.server,
@@ -79,14 +91,20 @@ class EdgeKeysServer:
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.port = 0
+        self.last_sync: datetime | None = None  # when the index last reached the store's head
+        self._wake = asyncio.Event()  # set when the store notifies a commit
+        self._listener: StoreListener | None = None
         self._poller: asyncio.Task[None] | None = None
         self._verifier: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Catch up with the store, then serve. Returns the bound port."""
+        """Serve, NOT_SERVING until the projections have caught up with the store as it
+        was at start, then SERVING. Returns the bound port."""
         self.port = self.server.add_insecure_port(self.settings.address)
-        await self.writer.catch_up()
+        await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        self._follow_notifications()
+        await self._catch_up()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())
         self._verifier = asyncio.create_task(self._verify())
@@ -104,6 +122,8 @@ class EdgeKeysServer:
         for task in (self._poller, self._verifier):
             if task:
                 task.cancel()
+        if self._listener:
+            await asyncio.to_thread(self._listener.stop)
         await self.server.stop(grace)
         self.writer.close()
         self.keys.close()
@@ -112,9 +132,49 @@ class EdgeKeysServer:
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
-    async def _set_serving(self, status: "health_pb2.HealthCheckResponse.ServingStatus") -> None:
-        for service in ("", *SERVICES):
+    async def _set_serving(
+        self, status: "health_pb2.HealthCheckResponse.ServingStatus", services: Iterable[str] = ()
+    ) -> None:
+        for service in services or ("", *SERVICES):
             await self.health.set(service, status)
+
+    def _store_available(self) -> bool:
+        return self.store_available
+
+    def _follow_notifications(self) -> None:
+        """On PostgreSQL, wake the poller at every commit, whichever replica made it."""
+        if not is_postgres(self.settings.database_url):
+            return
+        loop = asyncio.get_running_loop()
+        self._listener = StoreListener(
+            self.settings.database_url,
+            self.keys.recorder.channel_name,  # type: ignore[attr-defined]
+            on_notify=lambda: loop.call_soon_threadsafe(self._wake.set),
+            on_connection=lambda up: asyncio.run_coroutine_threadsafe(
+                self._store_reachable(up), loop
+            ),
+        )
+        self._listener.start()
+
+    async def _store_reachable(self, reachable: bool) -> None:
+        """The listener's connection came or went: so did the database, for all we know."""
+        if reachable == self.store_available:
+            return
+        self.store_available = reachable
+        if reachable:
+            log.info("the store is reachable again: writes are accepted")
+        else:
+            log.error(
+                "the store is unreachable: writes and reads of the catalog fail with "
+                "UNAVAILABLE; validation answers from memory as of position %d",
+                self.index.position,
+            )
+        status = health_pb2.HealthCheckResponse
+        await self._set_serving(status.SERVING if reachable else status.NOT_SERVING, STORE_SERVICES)
+
+    async def _catch_up(self) -> None:
+        await self.writer.catch_up()
+        self.last_sync = utc_now()
 
     async def _verify(self) -> None:
         """Check the audit chain once at start, in the background: a store altered
@@ -126,10 +186,22 @@ class EdgeKeysServer:
             log.error("audit log verification failed: %s", result.problem)
 
     async def _poll(self) -> None:
-        """Safety net for writes made by other processes on the same store."""
+        """Catch up when the store notifies a commit or, as a safety net, every poll
+        interval: changes made by other processes on the same store."""
+        failing = False
         while True:
-            await asyncio.sleep(self.settings.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            self._wake.clear()
+            if not self.store_available:
+                continue  # the listener wakes us when it reconnects
             try:
-                await self.writer.catch_up()
+                await self._catch_up()
             except Exception:
-                log.exception("catching up with the store failed; retrying")
+                if not failing:
+                    log.exception("catching up with the store failed; retrying")
+                failing = True
+            else:
+                if failing:
+                    log.info("caught up with the store again")
+                failing = False
