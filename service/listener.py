@@ -8,6 +8,7 @@ connect, the store counts as unreachable (see `EdgeKeysServer`, "fail-static").
 """
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from psycopg import sql
 
 from service.database import CONNECT_TIMEOUT
 
-APPLICATION_NAME = "edgekeys-listener"  # how the connection shows in pg_stat_activity
+APPLICATION_NAME = "edgekeys-listener"  # and the pid: its name in pg_stat_activity
 WAIT = 1.0  # seconds between checks of `stop` while no notification comes
 BACKOFF = (0.05, 2.0)  # first and longest wait before reconnecting
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class StoreListener:
         return psycopg.connect(
             self.conninfo,
             autocommit=True,
-            application_name=APPLICATION_NAME,
+            application_name=f"{APPLICATION_NAME} {os.getpid()}",
             connect_timeout=CONNECT_TIMEOUT,
             # A peer that vanishes without closing is noticed in about 5 s.
             keepalives=1,

@@ -26,13 +26,16 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, database: Path, **settings: str) -> None:
+    def __init__(self, database: Path | str, **settings: str) -> None:
+        """`database`: a SQLite file, or a database URL."""
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
             "EDGEKEYS_ADDRESS": self.address,
-            "EDGEKEYS_DATABASE_URL": f"sqlite:///{database}",
+            "EDGEKEYS_DATABASE_URL": (
+                database if isinstance(database, str) else f"sqlite:///{database}"
+            ),
             **{f"EDGEKEYS_{name.upper()}": value for name, value in settings.items()},
         }
         self.process: subprocess.Popen[bytes] | None = None

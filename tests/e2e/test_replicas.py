@@ -1,0 +1,246 @@
+"""Several `edgekeys serve` processes on one PostgreSQL store (a database of its own per
+test): what one replica changes, the others answer within moments; no update is lost;
+and a replica cut off from the database keeps validating and refuses writes fast."""
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
+from edgekeys.v1 import validation_pb2 as vpb
+from service.listener import APPLICATION_NAME
+from tests.e2e.conftest import ServeProcess
+from tests.postgres import fresh_database, terminate
+from tests.tcp_proxy import TcpProxy
+
+T = TypeVar("T")
+PROJECT = "projects/acme"
+LLAMA = f"{PROJECT}/deployments/llama"
+MISTRAL = f"{PROJECT}/deployments/mistral"
+
+
+class Replica:
+    def __init__(self, database_url: str, **settings: str) -> None:
+        self.process = ServeProcess(database_url, **settings)
+        self.process.start()
+        self.channel = grpc.insecure_channel(self.process.address)
+        self.keys = api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
+        self.validation = validation_pb2_grpc.ValidationServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    @property
+    def pid(self) -> int:
+        assert self.process.process is not None
+        return self.process.process.pid
+
+    def verdict(self, secret: str, deployment: str = LLAMA) -> "vpb.Verdict":
+        request = vpb.ValidateApiKeyRequest(secret=secret, deployment=deployment)
+        reply: vpb.ValidateApiKeyResponse = self.validation.ValidateApiKey(request, timeout=5)
+        return reply.verdict
+
+    def create(self, *deployments: str) -> pb.CreateApiKeyResponse:
+        reply: pb.CreateApiKeyResponse = self.keys.CreateApiKey(
+            pb.CreateApiKeyRequest(
+                parent=PROJECT,
+                api_key=pb.ApiKey(display_name="replicated", deployments=list(deployments)),
+            ),
+            timeout=10,
+        )
+        return reply
+
+    def close(self) -> None:
+        self.channel.close()
+        process = self.process.process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def replicas(database: str) -> Iterator[Callable[..., Replica]]:
+    started: list[Replica] = []
+
+    def start(url: str = database, **settings: str) -> Replica:
+        replica = Replica(url, **settings)
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        replica.close()
+
+
+def eventually(probe: Callable[[], T], expected: T, within: float) -> float:
+    """Seconds until `probe()` returns `expected`; fails after `within` seconds."""
+    start = time.monotonic()
+    while (found := probe()) != expected:
+        assert time.monotonic() - start < within, f"still {found!r}, not {expected!r}"
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+def test_changes_through_one_replica_are_answered_by_the_other_at_once(
+    replicas: Callable[..., Replica],
+) -> None:
+    # B polls only every 30 s: anything faster is LISTEN/NOTIFY at work.
+    a, b = replicas(), replicas(poll_interval="30")
+    created = a.create(LLAMA, MISTRAL)
+    name, secret = created.api_key.name, created.secret
+    eventually(lambda: b.verdict(secret), vpb.VERDICT_ALLOWED, within=5)
+
+    a.keys.DetachDeployment(pb.DetachDeploymentRequest(name=name, deployment=MISTRAL))
+    eventually(lambda: b.verdict(secret, MISTRAL), vpb.VERDICT_DEPLOYMENT_NOT_ALLOWED, 5)
+
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    expiry = Timestamp()
+    expiry.FromDatetime(soon)
+    a.keys.UpdateApiKey(
+        pb.UpdateApiKeyRequest(
+            api_key=pb.ApiKey(name=name, expire_time=expiry),
+            update_mask=FieldMask(paths=["expire_time"]),
+        )
+    )
+    eventually(lambda: b.verdict(secret), vpb.VERDICT_EXPIRED, within=6)
+
+    other = a.create(LLAMA)
+    eventually(lambda: b.verdict(other.secret), vpb.VERDICT_ALLOWED, within=5)
+    a.keys.DeleteApiKey(pb.DeleteApiKeyRequest(name=other.api_key.name))
+    eventually(lambda: b.verdict(other.secret), vpb.VERDICT_NOT_FOUND, within=5)
+
+    # The catalog is shared, and each event is in it once.
+    listed = b.keys.ListApiKeys(pb.ListApiKeysRequest(parent=PROJECT, show_deleted=True))
+    assert sorted(k.name for k in listed.api_keys) == sorted([name, other.api_key.name])
+    assert [k.deployments for k in listed.api_keys if k.name == name] == [[LLAMA]]
+
+
+def test_polling_brings_a_replica_back_after_its_listen_connection_is_killed(
+    replicas: Callable[..., Replica], database: str
+) -> None:
+    a, b = replicas(), replicas(poll_interval="0.5")
+    listener = f"{APPLICATION_NAME} {b.pid}"
+    eventually(lambda: terminate(database, listener), 1, within=10)
+    created = a.create(LLAMA)
+    eventually(lambda: b.verdict(created.secret), vpb.VERDICT_ALLOWED, within=0.5 + 1.5)
+    # And the listener is supervised: it comes back by itself.
+    eventually(lambda: terminate(database, listener), 1, within=10)
+
+
+def test_32_concurrent_attachments_over_two_replicas_are_all_kept(
+    replicas: Callable[..., Replica],
+) -> None:
+    a, b = replicas(), replicas()
+    name = a.create().api_key.name
+    deployments = [f"{PROJECT}/deployments/model-{i}" for i in range(32)]
+    start = threading.Barrier(32)
+    errors: list[Exception] = []
+
+    def attach(i: int) -> None:
+        replica = (a, b)[i % 2]
+        start.wait()
+        try:
+            replica.keys.AttachDeployment(
+                pb.AttachDeploymentRequest(name=name, deployment=deployments[i]), timeout=30
+            )
+        except grpc.RpcError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=attach, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for replica in (a, b):
+        key = replica.keys.GetApiKey(pb.GetApiKeyRequest(name=name)).api_key
+        assert sorted(key.deployments) == sorted(deployments)
+        assert key.etag == "33"
+
+
+def test_of_two_updates_carrying_the_same_etag_exactly_one_wins(
+    replicas: Callable[..., Replica],
+) -> None:
+    a, b = replicas(), replicas()
+    key = a.create(LLAMA).api_key
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def rename(replica: Replica, display_name: str) -> None:
+        request = pb.UpdateApiKeyRequest(
+            api_key=pb.ApiKey(name=key.name, display_name=display_name, etag=key.etag),
+            update_mask=FieldMask(paths=["display_name"]),
+        )
+        start.wait()
+        try:
+            replica.keys.UpdateApiKey(request, timeout=30)
+            outcomes.append("ok")
+        except grpc.RpcError as error:
+            outcomes.append(error.code().name)
+
+    threads = [
+        threading.Thread(target=rename, args=(a, "by a")),
+        threading.Thread(target=rename, args=(b, "by b")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["ABORTED", "ok"]
+    assert a.keys.GetApiKey(pb.GetApiKeyRequest(name=key.name)).api_key.etag == "2"
+
+
+def test_a_replica_cut_off_from_the_database_validates_from_memory_and_refuses_writes(
+    replicas: Callable[..., Replica], database: str
+) -> None:
+    host_port = database.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    proxy = TcpProxy((host, int(port)))
+    try:
+        a = replicas()
+        b = replicas(database.replace(host_port, f"127.0.0.1:{proxy.port}"))
+        kept, revoked = a.create(LLAMA), a.create(LLAMA)
+        eventually(lambda: b.verdict(revoked.secret), vpb.VERDICT_ALLOWED, within=5)
+
+        proxy.cut()
+        assert b.verdict(kept.secret) == vpb.VERDICT_ALLOWED
+        a.keys.DeleteApiKey(pb.DeleteApiKeyRequest(name=revoked.api_key.name))
+
+        def write_status() -> grpc.StatusCode:
+            began = time.monotonic()
+            try:
+                b.create(LLAMA)
+            except grpc.RpcError as error:
+                assert time.monotonic() - began < 3, "a write during the outage hung"
+                assert "unreachable" in (error.details() or "")
+                return error.code()
+            return grpc.StatusCode.OK
+
+        eventually(write_status, grpc.StatusCode.UNAVAILABLE, within=10)
+        assert b.verdict(kept.secret) == vpb.VERDICT_ALLOWED  # fail-static
+        store_health = b.health.Check(
+            health_pb2.HealthCheckRequest(service="edgekeys.v1.ApiKeyService")
+        )
+        assert store_health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        overall = b.health.Check(health_pb2.HealthCheckRequest())
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+
+        proxy.restore()  # no restart of B
+        eventually(lambda: b.verdict(revoked.secret), vpb.VERDICT_NOT_FOUND, within=15)
+        eventually(write_status, grpc.StatusCode.OK, within=15)
+        assert b.verdict(kept.secret) == vpb.VERDICT_ALLOWED
+    finally:
+        proxy.close()
