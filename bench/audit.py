@@ -50,6 +50,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
 from projections.audit import AuditLog
+from projections.catalog import PROJECTION as CATALOG
 from projections.catalog import Catalog
 from projections.catalog import tracking as catalog_tracking
 from projections.index import ValidationIndex
@@ -217,7 +218,7 @@ class Database:
             engine = self.projector.audit.engine
             with engine.begin() as conn:
                 conn.execute(
-                    catalog_tracking.update().where(catalog_tracking.c.projection == "catalog"),
+                    catalog_tracking.update().where(catalog_tracking.c.projection == CATALOG),
                     {"position": self.stand_in.position},
                 )
         self.projector.audit.engine.dispose()

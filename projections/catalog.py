@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -40,6 +41,7 @@ keys = sa.Table(
     sa.Column("delete_time", sa.DateTime(timezone=True)),
     sa.Column("purge_time", sa.DateTime(timezone=True)),
     sa.Column("secret_hint", sa.String(64), nullable=False),
+    sa.Column("secret_sha256", sa.LargeBinary(32), nullable=False),  # what the index needs
     sa.Column("version", sa.Integer, nullable=False),
     sa.Index("catalog_api_keys_by_project", "project", "position"),
 )
@@ -59,7 +61,9 @@ tracking = sa.Table(
     sa.Column("position", sa.BigInteger, nullable=False),
 )
 
-_PROJECTION = "catalog"
+# The tracking row's name carries the catalog's layout version: a catalog of another
+# layout is dropped and rebuilt from the events (a read model is always disposable).
+PROJECTION = "catalog v2"
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,12 @@ class Catalog:
         self.engine = engine
         create_tables(engine, metadata)
         with engine.connect() as conn, conn.execution_options(writing=True).begin():
-            if _position(conn) is None:
-                conn.execute(tracking.insert(), {"projection": _PROJECTION, "position": 0})
+            if _position(conn) is None:  # new, or of another layout
+                key_deployments.drop(conn)
+                keys.drop(conn)
+                metadata.create_all(conn)
+                conn.execute(tracking.delete())
+                conn.execute(tracking.insert(), {"projection": PROJECTION, "position": 0})
 
     @property
     def position(self) -> int:
@@ -97,14 +105,41 @@ class Catalog:
         """Apply the events after the tracked position, and move it, atomically."""
         with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             position = _position(conn) or 0
+            created = _Creations()
             for event_position, event in events:
-                if event_position > position:
-                    _apply(conn, event_position, event)
-                    position = event_position
+                if event_position <= position:
+                    continue
+                position = event_position
+                if isinstance(event, ApiKey.KeyCreated):
+                    created.add(position, event)
+                else:
+                    created.flush(conn)  # rows the event may change
+                    _apply(conn, position, event)
+            created.flush(conn)
             conn.execute(
-                tracking.update().where(tracking.c.projection == _PROJECTION),
+                tracking.update().where(tracking.c.projection == PROJECTION),
                 {"position": position},
             )
+
+    def live_keys(self) -> tuple[int, Sequence[sa.Row[Any, Any, Any, Any, Any]]]:
+        """The position the catalog has reached, and the keys not deleted as of it
+        (id, name, secret_sha256, deployments, expire_time): what the validation index
+        starts from."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # one snapshot for both reads
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                position = _position(conn) or 0
+                rows = conn.execute(
+                    sa.select(
+                        keys.c.id,
+                        keys.c.name,
+                        keys.c.secret_sha256,
+                        keys.c.deployments,
+                        keys.c.expire_time,
+                    ).where(keys.c.delete_time.is_(None))
+                ).all()
+        return position, rows
 
     def list(
         self,
@@ -135,12 +170,51 @@ class Catalog:
 
 def _position(conn: Connection) -> int | None:
     position = conn.execute(
-        sa.select(tracking.c.position).where(tracking.c.projection == _PROJECTION)
+        sa.select(tracking.c.position).where(tracking.c.projection == PROJECTION)
     ).scalar()
     return None if position is None else int(position)
 
 
+class _Creations:
+    """New keys, inserted many rows per statement."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, object]] = []
+        self.deployments: list[dict[str, str]] = []
+
+    def add(self, position: int, event: ApiKey.KeyCreated) -> None:
+        key_id = event.originator_id.hex
+        self.keys.append(
+            {
+                "id": key_id,
+                "position": position,
+                "name": event.name,
+                "project": event.name.split("/")[1],
+                "display_name": event.display_name.shown,
+                "description": event.description.shown,
+                "deployments": json.dumps(event.deployments),
+                "expire_time": event.expire_time,
+                "create_time": event.timestamp,
+                "update_time": event.timestamp,
+                "delete_time": None,
+                "purge_time": None,
+                "secret_hint": event.secret_hint,
+                "secret_sha256": bytes.fromhex(event.secret_sha256),
+                "version": event.originator_version,
+            }
+        )
+        self.deployments += [{"key_id": key_id, "deployment": d} for d in event.deployments]
+
+    def flush(self, conn: Connection) -> None:
+        if self.keys:
+            conn.execute(keys.insert(), self.keys)
+        if self.deployments:
+            conn.execute(key_deployments.insert(), self.deployments)
+        self.keys, self.deployments = [], []
+
+
 def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
+    """One event other than KeyCreated (see `_Creations`)."""
     key_id = event.originator_id.hex
     this_key = keys.c.id == key_id
     changes: dict[str, object] = {
@@ -148,27 +222,6 @@ def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
         "version": event.originator_version,
     }
     match event:
-        case ApiKey.KeyCreated():
-            conn.execute(
-                keys.insert(),
-                {
-                    "id": key_id,
-                    "position": position,
-                    "name": event.name,
-                    "project": event.name.split("/")[1],
-                    "display_name": event.display_name.shown,
-                    "description": event.description.shown,
-                    "deployments": json.dumps(event.deployments),
-                    "expire_time": event.expire_time,
-                    "create_time": event.timestamp,
-                    "delete_time": None,
-                    "purge_time": None,
-                    "secret_hint": event.secret_hint,
-                    **changes,
-                },
-            )
-            _set_deployments(conn, key_id, event.deployments)
-            return
         case ApiKey.DetailsChanged():
             if event.display_name is not None:
                 changes["display_name"] = event.display_name.shown

@@ -60,6 +60,14 @@ def new_key(
     )
 
 
+def renamed_keys(*key_ids: str) -> list[ApiKey]:
+    """New keys, each renamed once: a batch of creations and changes, interleaved."""
+    keys = [new_key(key_id) for key_id in key_ids]
+    for key in keys:
+        key.change_details("renamed", None, **later(1))
+    return keys
+
+
 def later(minutes: int) -> dict[str, Any]:
     return {"actor": "bob", "request_id": "", "now": NOW + timedelta(minutes=minutes)}
 
@@ -279,7 +287,7 @@ def test_a_batch_failing_midway_leaves_no_rows_and_no_position(
 ) -> None:
     catalog.process(log.take(new_key("key-zero")))
     before = (all_of(catalog), row_counts(engine))
-    batch = log.take(new_key("key-one"), new_key("key-two"), new_key("key-three"))
+    batch = log.take(*renamed_keys("key-one", "key-two"))  # created 2, 4; renamed 3, 5
     apply = catalog_module._apply
     calls: list[int] = []
 
@@ -294,7 +302,7 @@ def test_a_batch_failing_midway_leaves_no_rows_and_no_position(
     with pytest.raises(RuntimeError, match="went away"):
         catalog.process(batch)
 
-    assert calls == [2, 3]
+    assert calls == [3, 5]
     assert catalog.position == 1
     assert (all_of(catalog), row_counts(engine)) == before
 
@@ -302,11 +310,11 @@ def test_a_batch_failing_midway_leaves_no_rows_and_no_position(
 def test_a_failed_batch_is_applied_whole_when_retried(
     catalog: Catalog, log: Log, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batch = log.take(new_key("key-one"), new_key("key-two"))
+    batch = log.take(*renamed_keys("key-one", "key-two"))
     apply = catalog_module._apply
 
     def fail_on_second(conn: Connection, position: int, event: ApiKey.Event) -> None:
-        if position == 2:
+        if position == 4:
             raise RuntimeError("the database went away")
         apply(conn, position, event)
 
@@ -317,7 +325,8 @@ def test_a_failed_batch_is_applied_whole_when_retried(
 
     catalog.process(batch)
 
-    assert catalog.position == 2
+    assert catalog.position == 4
+    assert [r.display_name for r in all_of(catalog)] == ["renamed", "renamed"]
     assert names(all_of(catalog)) == [
         "projects/acme/apiKeys/key-one",
         "projects/acme/apiKeys/key-two",

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -111,7 +112,14 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         positions.append(position)
         apply(conn, position, event)
 
+    add = catalog_module._Creations.add
+
+    def recording_creation(creations: Any, position: int, event: ApiKey.KeyCreated) -> None:
+        positions.append(position)
+        add(creations, position, event)
+
     monkeypatch.setattr(catalog_module, "_apply", recording)
+    monkeypatch.setattr(catalog_module._Creations, "add", recording_creation)
     return positions
 
 
