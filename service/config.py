@@ -25,7 +25,8 @@ class Settings:
 
 _HELP = {
     "address": "host:port to serve gRPC on",
-    "database_url": "event store: sqlite:///relative.db or sqlite:////absolute.db",
+    "database_url": "event store: sqlite:///relative.db, sqlite:////absolute.db or "
+    "postgresql://USER@HOST:PORT/DBNAME (shared by several replicas)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "poll_interval": "seconds between polls of the store for changes made by other processes",
     "workers": "processes serving the same address (the kernel spreads connections)",
