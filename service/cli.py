@@ -12,6 +12,9 @@ import sys
 import time
 from types import FrameType
 
+import sqlalchemy.exc
+from eventsourcing import persistence
+
 from service import client, config
 from service.server import EdgeKeysServer
 
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(settings))
     except (ValueError, RuntimeError) as error:
         print(f"edgekeys: cannot serve: {error}", file=sys.stderr)
+        return 2
+    except (sqlalchemy.exc.OperationalError, persistence.OperationalError) as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        print(f"edgekeys: cannot serve: the database is unreachable: {reason}", file=sys.stderr)
         return 2
     return 0
 
