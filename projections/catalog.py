@@ -12,10 +12,12 @@ nothing to fail over.
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import NamedTuple
+from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -64,6 +66,16 @@ tracking = sa.Table(
 # The tracking row's name carries the catalog's layout version: a catalog of another
 # layout is dropped and rebuilt from the events (a read model is always disposable).
 PROJECTION = "catalog v2"
+
+
+class LiveKey(NamedTuple):
+    """What the validation index needs of a key."""
+
+    id: UUID
+    name: str
+    secret_sha256: bytes
+    deployments: str  # JSON list
+    expire_time: datetime | None
 
 
 @dataclass(frozen=True)
@@ -121,16 +133,16 @@ class Catalog:
                 {"position": position},
             )
 
-    def live_keys(self) -> tuple[int, Sequence[sa.Row[Any, Any, Any, Any, Any]]]:
-        """The position the catalog has reached, and the keys not deleted as of it
-        (id, name, secret_sha256, deployments, expire_time): what the validation index
-        starts from."""
+    @contextmanager
+    def live_keys(self, batch: int = 10_000) -> Iterator[tuple[int, Iterator[LiveKey]]]:
+        """The position the catalog has reached, and the keys not deleted as of it,
+        streamed: what a validation index starts from instead of replaying the store."""
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":  # one snapshot for both reads
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 position = _position(conn) or 0
-                rows = conn.execute(
+                rows = conn.execution_options(yield_per=batch).execute(
                     sa.select(
                         keys.c.id,
                         keys.c.name,
@@ -138,8 +150,20 @@ class Catalog:
                         keys.c.deployments,
                         keys.c.expire_time,
                     ).where(keys.c.delete_time.is_(None))
-                ).all()
-        return position, rows
+                )
+                yield (
+                    position,
+                    (
+                        LiveKey(
+                            UUID(row.id),
+                            row.name,
+                            row.secret_sha256,
+                            row.deployments,
+                            _utc(row.expire_time),
+                        )
+                        for row in rows
+                    ),
+                )
 
     def list(
         self,
