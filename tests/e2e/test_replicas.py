@@ -15,7 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgekeys.v1 import api_keys_pb2 as pb
-from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
+from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc, validation_pb2_grpc
+from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import validation_pb2 as vpb
 from service.listener import APPLICATION_NAME
 from tests.e2e.conftest import ServeProcess
@@ -169,6 +170,14 @@ def test_32_concurrent_attachments_over_two_replicas_are_all_kept(
         key = replica.keys.GetApiKey(pb.GetApiKeyRequest(name=name)).api_key
         assert sorted(key.deployments) == sorted(deployments)
         assert key.etag == "33"
+        # Both replicas fed the shared catalog and audit log: each event is in them once.
+        [listed] = replica.keys.ListApiKeys(pb.ListApiKeysRequest(parent=PROJECT)).api_keys
+        assert sorted(listed.deployments) == sorted(deployments)
+        audit = audit_pb2_grpc.AuditServiceStub(replica.channel)
+        history = audit.ListApiKeyEvents(apb.ListApiKeyEventsRequest(name=name, page_size=100))
+        assert [e.version for e in history.events] == list(range(1, 34))
+        verified = audit.VerifyAuditLog(apb.VerifyAuditLogRequest())
+        assert (verified.ok, verified.events_checked) == (True, 33)
 
 
 def test_of_two_updates_carrying_the_same_etag_exactly_one_wins(
