@@ -2,11 +2,16 @@
 
 ValidateApiKey is a checksum, a SHA-256 and a dict lookup here; it never touches
 the database. The index is rebuilt from the event store at start and then
-follows it (see ``projections.projector``).
+follows it (see ``projections.projector``), or, on an edge follower, is fed entry by
+entry from an upstream's index (see ``service.replication``). A bounded journal of
+recent changes lets followers resume from a position instead of starting over.
 """
 
+import threading
+from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 from edgekeys.v1.validation_pb2 import (
@@ -29,11 +34,30 @@ class Entry:
     expire_time: datetime | None
 
 
+JOURNAL = 100_000  # changes remembered for followers that resume
+
+
+class Change(NamedTuple):
+    """A key's entry as a change at `position` left it (deleted: the entry removed)."""
+
+    position: int
+    entry: Entry
+    deleted: bool
+
+
 class ValidationIndex:
-    def __init__(self) -> None:
+    """`check` reads without a lock: entries and maps are replaced, never changed in
+    place where a reader could see half a change. Writers and the readers that need a
+    consistent view (snapshot, changes_after) take the lock."""
+
+    def __init__(self, journal: int | None = None) -> None:
         self.position = 0  # the last store position applied
         self._by_digest: dict[bytes, Entry] = {}
         self._digest_by_id: dict[UUID, bytes] = {}
+        self._lock = threading.Lock()
+        # Each change, oldest first; complete for every position from `_journal_start` on.
+        self._journal: deque[Change] = deque(maxlen=journal or JOURNAL)
+        self._journal_start = 0
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -59,29 +83,95 @@ class ValidationIndex:
         """Fold one stored event into the index. Entries are replaced, never mutated,
         so a concurrent reader sees either the old entry or the new one."""
         key_id = event.originator_id
-        self.position = position
-        if key_id not in self._digest_by_id and not isinstance(event, ApiKey.KeyCreated):
-            return  # its creation did not decode (altered outside edgekeys): nothing to fold
-        match event:
-            case ApiKey.KeyCreated():
-                digest = bytes.fromhex(event.secret_sha256)
-                self._digest_by_id[key_id] = digest
-                self._by_digest[digest] = Entry(
-                    digest, event.name, frozenset(event.deployments), event.expire_time
-                )
-            case ApiKey.KeyDeleted():
-                del self._by_digest[self._digest_by_id.pop(key_id)]
-            case ApiKey.DeploymentAttached():
-                entry = self._entry(key_id)
-                self._put(replace(entry, deployments=entry.deployments | {event.deployment}))
-            case ApiKey.DeploymentDetached():
-                entry = self._entry(key_id)
-                self._put(replace(entry, deployments=entry.deployments - {event.deployment}))
-            case ApiKey.ExpiryChanged():
-                self._put(replace(self._entry(key_id), expire_time=event.expire_time))
+        with self._lock:
+            self.position = position
+            if key_id not in self._digest_by_id and not isinstance(event, ApiKey.KeyCreated):
+                return  # its creation did not decode (altered outside edgekeys): nothing to fold
+            match event:
+                case ApiKey.KeyCreated():
+                    digest = bytes.fromhex(event.secret_sha256)
+                    self._digest_by_id[key_id] = digest
+                    self._put(
+                        position,
+                        Entry(digest, event.name, frozenset(event.deployments), event.expire_time),
+                    )
+                case ApiKey.KeyDeleted():
+                    entry = self._by_digest.pop(self._digest_by_id.pop(key_id))
+                    self._journal_append(position, entry, True)
+                case ApiKey.DeploymentAttached():
+                    entry = self._entry(key_id)
+                    deployments = entry.deployments | {event.deployment}
+                    self._put(position, replace(entry, deployments=deployments))
+                case ApiKey.DeploymentDetached():
+                    entry = self._entry(key_id)
+                    deployments = entry.deployments - {event.deployment}
+                    self._put(position, replace(entry, deployments=deployments))
+                case ApiKey.ExpiryChanged():
+                    entry = replace(self._entry(key_id), expire_time=event.expire_time)
+                    self._put(position, entry)
+
+    # An edge follower's index is fed entries, keyed by name, from its upstream's.
+
+    def put(self, position: int, entry: Entry) -> None:
+        """Add or replace the key named `entry.name` (its digest may have changed)."""
+        key_id = ApiKey.id_for(entry.name)
+        with self._lock:
+            self.position = max(self.position, position)
+            old = self._digest_by_id.get(key_id)
+            self._digest_by_id[key_id] = entry.digest
+            self._put(position, entry)
+            if old is not None and old != entry.digest:
+                del self._by_digest[old]
+
+    def remove(self, position: int, name: str) -> None:
+        """Forget the key named `name`, if held."""
+        with self._lock:
+            self.position = max(self.position, position)
+            digest = self._digest_by_id.pop(ApiKey.id_for(name), None)
+            if digest is not None:
+                self._journal_append(position, self._by_digest.pop(digest), True)
+
+    def reset(self, position: int, entries: list[Entry]) -> None:
+        """Hold exactly `entries`, as of `position`: swapped in at once, so `check`
+        sees the old index or the new one, never a half-loaded one."""
+        by_digest = {entry.digest: entry for entry in entries}
+        digest_by_id = {ApiKey.id_for(entry.name): entry.digest for entry in entries}
+        with self._lock:
+            self._by_digest, self._digest_by_id = by_digest, digest_by_id
+            self.position = position
+            self._journal.clear()
+            self._journal_start = position
+
+    # What followers read.
+
+    def snapshot(self) -> tuple[int, list[Entry]]:
+        """Every entry, and the position they hold as of."""
+        with self._lock:
+            return self.position, list(self._by_digest.values())
+
+    def changes_after(self, position: int) -> tuple[int, list[Change]] | None:
+        """What changed after `position`, one change per key (its latest), oldest
+        first; and the position they bring a follower to. None when the journal no
+        longer reaches back that far, or `position` is beyond this index (it came from
+        another store): the follower needs a snapshot."""
+        with self._lock:
+            if position < self._journal_start or position > self.position:
+                return None
+            latest: dict[str, Change] = {}
+            for change in reversed(self._journal):
+                if change.position <= position:
+                    break
+                latest.setdefault(change.entry.name, change)
+            return self.position, list(reversed(latest.values()))
 
     def _entry(self, key_id: UUID) -> Entry:
         return self._by_digest[self._digest_by_id[key_id]]
 
-    def _put(self, entry: Entry) -> None:
+    def _put(self, position: int, entry: Entry) -> None:
         self._by_digest[entry.digest] = entry
+        self._journal_append(position, entry, False)
+
+    def _journal_append(self, position: int, entry: Entry, deleted: bool) -> None:
+        if len(self._journal) == self._journal.maxlen:
+            self._journal_start = self._journal[0].position  # about to be forgotten
+        self._journal.append(Change(position, entry, deleted))
