@@ -17,6 +17,7 @@ from service import requests
 from service.application import Clock, KeyStore, etag_of
 from service.domain import StaleEtag
 from service.errors import InvalidArgument
+from service.freshness import Freshness
 from service.writer import Writer
 
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
@@ -224,14 +225,19 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     """The gateways' hot path: memory only, no exception raised for a denial."""
 
-    def __init__(self, index: ValidationIndex, clock: Clock) -> None:
+    def __init__(
+        self, index: ValidationIndex, clock: Clock, freshness: Freshness | None = None
+    ) -> None:
         self.index = index
         self.clock = clock
+        self.freshness = freshness  # an edge follower's: refuse to answer once stale
 
     async def ValidateApiKey(
         self, request: vpb.ValidateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> vpb.ValidateApiKeyResponse:
         requests.deployment(request.deployment)
+        if self.freshness is not None and self.freshness.stale():
+            await context.abort_with_status(self.freshness.status())
         return self._validate(request, self.clock())
 
     async def ValidateApiKeys(
@@ -241,6 +247,8 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             raise InvalidArgument("requests", f"at most {MAX_BATCH} items per call")
         for i, item in enumerate(request.requests):
             requests.deployment(item.deployment, f"requests[{i}].deployment")
+        if self.freshness is not None and self.freshness.stale():
+            await context.abort_with_status(self.freshness.status())
         now = self.clock()
         return vpb.ValidateApiKeysResponse(
             responses=[self._validate(item, now) for item in request.requests]

@@ -3,7 +3,8 @@
 The route tells which deployment it serves in `context_extensions["deployment"]`; the
 key comes from `x-api-key` or `Authorization: Bearer …` (x-api-key wins when both are
 sent). Allowed requests go upstream without either header and with
-`x-edgekeys-api-key: <key name>`; denied ones get 401 or 403 and a small JSON body.
+`x-edgekeys-api-key: <key name>`; denied ones get 401 or 403 and a small JSON body
+(503 from an edge follower cut off from its upstream for longer than its max staleness).
 """
 
 import functools
@@ -24,6 +25,7 @@ from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import (
 from edgekeys.vendor.envoy.type.v3.http_status_pb2 import HttpStatus
 from projections.index import ValidationIndex
 from service.application import Clock
+from service.freshness import REASON, Freshness
 from service.names import deployment_project
 
 KEY_HEADER = "x-api-key"
@@ -90,10 +92,17 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def _stale(message: str) -> CheckResponse:
+    return _denial(503, code_pb2.UNAVAILABLE, REASON, message)
+
+
 class AuthorizationService:
-    def __init__(self, index: ValidationIndex, clock: Clock) -> None:
+    def __init__(
+        self, index: ValidationIndex, clock: Clock, freshness: Freshness | None = None
+    ) -> None:
         self.index = index
         self.clock = clock
+        self.freshness = freshness  # an edge follower's: deny with 503 once stale
 
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext
@@ -105,6 +114,8 @@ class AuthorizationService:
         secret = presented_key(attributes.request.http.headers)
         if secret is None:
             return MISSING
+        if self.freshness is not None and self.freshness.stale():
+            return _stale(self.freshness.explanation())
         verdict, entry = self.index.check(secret, deployment, self.clock())
         if verdict != vpb.VERDICT_ALLOWED or entry is None:
             return DENIALS[verdict]

@@ -16,6 +16,7 @@ import sqlalchemy.exc
 from eventsourcing import persistence
 
 from service import client, config
+from service.replication import FollowerServer
 from service.server import EdgeKeysServer
 
 log = logging.getLogger("edgekeys")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(settings: config.Settings) -> None:
-    server = EdgeKeysServer(settings)
+    server = FollowerServer(settings) if settings.follow else EdgeKeysServer(settings)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

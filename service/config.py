@@ -17,6 +17,8 @@ class Settings:
     log_level: str = "INFO"
     poll_interval: float = 0.05
     workers: int = 1
+    follow: str = ""
+    max_staleness: float = 900.0
 
     @staticmethod
     def env_name(field: str) -> str:
@@ -30,6 +32,10 @@ _HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "poll_interval": "seconds between polls of the store for changes made by other processes",
     "workers": "processes serving the same address (the kernel spreads connections)",
+    "follow": "host:port of an upstream edgekeys to follow: a validation-only replica with "
+    "no database",
+    "max_staleness": "seconds a follower keeps validating without word from its upstream; "
+    "after that it fails closed",
 }
 
 
@@ -61,4 +67,13 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError("--workers must be at least 1")
     if settings.poll_interval <= 0:
         raise ValueError("--poll-interval must be positive")
+    if not settings.max_staleness > 0:
+        raise ValueError("--max-staleness must be positive")
+    if settings.follow and not _is_host_port(settings.follow):
+        raise ValueError(f"--follow must be HOST:PORT, not {settings.follow!r}")
     return settings
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgekeys.v1 import api_keys_pb2, audit_pb2, validation_pb2
+from edgekeys.v1 import api_keys_pb2, audit_pb2, replication_pb2, validation_pb2
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
 from projections.audit import AuditLog
 from projections.catalog import Catalog
@@ -24,6 +24,7 @@ from service.authz import AuthorizationService
 from service.config import Settings
 from service.database import is_postgres, redacted
 from service.listener import StoreListener
+from service.replication import ReplicationService, StoreStatus
 from service.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ SERVICES = (
     validation_pb2.DESCRIPTOR.services_by_name["ValidationService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+    replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
 )
 
 
@@ -53,9 +55,8 @@ class EdgeKeysServer:
         self.index = ValidationIndex()
         self.projector = Projector(self.keys, self.index, self.catalog, self.audit)
         self.feed = Feed()
-        self.writer = Writer(
-            self.projector, lambda: self.feed.advance(self.projector.logged_position)
-        )
+        self.index_feed = Feed()  # wakes edge followers' streams (ReplicationService)
+        self.writer = Writer(self.projector, self._projected)
         self.health = health.aio.HealthServicer()
         # Several workers share one port on purpose; a lone server must not share it
         # with a forgotten process by accident.
@@ -85,6 +86,16 @@ class EdgeKeysServer:
             self.server,
             AuthorizationService(self.index, clock),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
+        )
+        rpc.register(
+            self.server,
+            ReplicationService(
+                self.index,
+                self.index_feed,
+                StoreStatus(self.index, self.keys.recorder.max_notification_id, self._last_sync),
+                live=lambda: self.last_sync is not None,  # caught up at start
+            ),
+            replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -119,6 +130,7 @@ class EdgeKeysServer:
     async def stop(self, grace: float = 5.0) -> None:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.feed.close()
+        self.index_feed.close()
         for task in (self._poller, self._verifier):
             if task:
                 task.cancel()
@@ -140,6 +152,13 @@ class EdgeKeysServer:
 
     def _store_available(self) -> bool:
         return self.store_available
+
+    def _projected(self) -> None:
+        self.feed.advance(self.projector.logged_position)
+        self.index_feed.advance(self.index.position)
+
+    def _last_sync(self) -> datetime | None:
+        return self.last_sync
 
     def _follow_notifications(self) -> None:
         """On PostgreSQL, wake the poller at every commit, whichever replica made it."""
