@@ -9,6 +9,7 @@ recent changes lets followers resume from a position instead of starting over.
 
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
@@ -134,8 +135,15 @@ class ValidationIndex:
     def reset(self, position: int, entries: list[Entry]) -> None:
         """Hold exactly `entries`, as of `position`: swapped in at once, so `check`
         sees the old index or the new one, never a half-loaded one."""
-        by_digest = {entry.digest: entry for entry in entries}
-        digest_by_id = {ApiKey.id_for(entry.name): entry.digest for entry in entries}
+        self.load(position, ((ApiKey.id_for(entry.name), entry) for entry in entries))
+
+    def load(self, position: int, keys: Iterable[tuple[UUID, Entry]]) -> None:
+        """Hold exactly the entries of `keys` (by key ID), as of `position`."""
+        by_digest: dict[bytes, Entry] = {}
+        digest_by_id: dict[UUID, bytes] = {}
+        for key_id, entry in keys:
+            by_digest[entry.digest] = entry
+            digest_by_id[key_id] = entry.digest
         with self._lock:
             self._by_digest, self._digest_by_id = by_digest, digest_by_id
             self.position = position

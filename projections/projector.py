@@ -1,6 +1,7 @@
 """Feeds stored events, in store order, to everything derived from them: the validation
 index, the catalog, the audit log, and the data keys of purged personal data."""
 
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from projections.audit import AuditLog
 from projections.catalog import Catalog
-from projections.index import ValidationIndex
+from projections.index import Entry, ValidationIndex
 from service.application import KeyStore
 from service.domain import ApiKey
 
@@ -29,6 +30,34 @@ class Projector:
         self.audit = audit
         self._lock = threading.Lock()
         self._positions = {"catalog": catalog.position, "audit": audit.position}
+
+    def load_index(self) -> None:
+        """Start the index from the catalog when the catalog is ahead of it: the
+        catalog has folded those events already, and replaying them all would take
+        seconds per million. Deployment sets are shared between keys that have the
+        same ones, as most keys do."""
+        shared: dict[str, frozenset[str]] = {}
+
+        def deployments(listed: str) -> frozenset[str]:
+            if (found := shared.get(listed)) is None:
+                found = shared[listed] = frozenset(json.loads(listed))
+            return found
+
+        with self._lock, self.catalog.live_keys() as (position, keys):
+            if position > self.index.position:
+                self.index.load(
+                    position,
+                    (
+                        (
+                            k.id,
+                            Entry(
+                                k.secret_sha256, k.name, deployments(k.deployments), k.expire_time
+                            ),
+                        )
+                        for k in keys
+                    ),
+                )
+                log.info("validation index loaded from the catalog at position %d", position)
 
     @property
     def logged_position(self) -> int:

@@ -115,6 +115,7 @@ class EdgeKeysServer:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._follow_notifications()
+        await self.writer.run(self.projector.load_index)
         await self._catch_up()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())

@@ -691,3 +691,50 @@ def test_later_events_of_a_key_whose_creation_no_longer_decodes_stop_no_projecti
         "projects/acme/apiKeys/key-three",
     ]
     assert restarted.audit.verify().first_bad_position == 2
+
+
+def test_an_index_loaded_from_the_catalog_equals_one_replayed_from_the_store(
+    files: Files, replica: Replica, clock: FakeClock
+) -> None:
+    store = replica.store
+    secrets = {}
+    for i in range(6):
+        deployments = [LLAMA] if i % 2 else [LLAMA, MISTRAL]
+        key, secret = store.create_key("acme", f"key-{i}", "k", "", deployments, None)
+        secrets[key.name] = secret
+    store.detach_deployment(key_name("key-0"), MISTRAL)
+    store.attach_deployment(key_name("key-1"), MISTRAL)
+    store.update_key(key_name("key-2"), expire_time=clock() + timedelta(minutes=5))
+    store.delete_key(key_name("key-3"))
+    replica.projector.catch_up()
+    store.delete_key(key_name("key-4"))  # after the catalog's position: replayed
+    store.attach_deployment(key_name("key-5"), MISTRAL)
+
+    started = files.start()
+    replayed: list[int] = []
+    apply = started.index.apply
+
+    def recording(position: int, event: ApiKey.Event) -> None:
+        replayed.append(position)
+        apply(position, event)
+
+    started.index.apply = recording  # type: ignore[method-assign]
+    started.projector.load_index()
+    assert started.index.position == replica.catalog.position == 10
+    started.projector.catch_up()
+
+    assert replayed == [11, 12]  # only what the catalog had not folded yet
+    fresh = files.start()
+    fresh.projector.catch_up()  # every event, from the store
+    (loaded_at, loaded), (replayed_at, everything) = (
+        started.index.snapshot(),
+        fresh.index.snapshot(),
+    )
+    assert loaded_at == replayed_at == 12
+    assert sorted(loaded, key=lambda e: e.name) == sorted(everything, key=lambda e: e.name)
+    assert len(loaded) == 4
+    for moment in (clock(), clock() + timedelta(minutes=6)):
+        for secret in secrets.values():
+            for deployment in (LLAMA, MISTRAL):
+                verdict = started.index.check(secret, deployment, moment)
+                assert verdict == fresh.index.check(secret, deployment, moment)
