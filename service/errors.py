@@ -79,6 +79,13 @@ def to_status(error: "domain.DomainError | InvalidArgument | StoreUnavailable") 
     return rpc_status.to_status(status)
 
 
+def unavailable(reason: str, message: str) -> grpc.Status:
+    """UNAVAILABLE for a reason outside the domain (a replica not ready, or stale)."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[_pack(info)])
+    return rpc_status.to_status(status)
+
+
 def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

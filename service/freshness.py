@@ -9,11 +9,8 @@ import math
 import time
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from service.errors import DOMAIN
+from service.errors import unavailable
 
 REASON = "REPLICA_STALE"
 
@@ -50,11 +47,3 @@ class Freshness:
 
     def status(self) -> grpc.Status:
         return unavailable(REASON, self.explanation())
-
-
-def unavailable(reason: str, message: str) -> grpc.Status:
-    """UNAVAILABLE, with an ErrorInfo like every other error of edgekeys."""
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
-    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[info])
-    return rpc_status.to_status(status)

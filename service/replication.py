@@ -31,8 +31,8 @@ from service.application import Clock
 from service.audit import Feed
 from service.authz import AuthorizationService
 from service.config import Settings
-from service.errors import InvalidArgument
-from service.freshness import Freshness, unavailable
+from service.errors import InvalidArgument, unavailable
+from service.freshness import Freshness
 
 log = logging.getLogger(__name__)
 
