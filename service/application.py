@@ -39,8 +39,8 @@ class KeyStore(Application[UUID]):
     def __init__(self, database_url: str, clock: Clock) -> None:
         environment = store_environment(database_url)  # creates the file's directory
         self.engine = sql_engine(database_url)  # for everything kept beside the store
-        self.data_keys = DataKeys(self.engine)
         with exclusive_setup(self.engine):  # the library creates its tables here
+            self.data_keys = DataKeys(self.engine)
             super().__init__(env=environment)
         self.clock = clock
 

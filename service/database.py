@@ -5,6 +5,7 @@ beside it, both from one database URL.
 - `postgresql://user:password@host:port/dbname`: shared by several replicas.
 """
 
+import fcntl
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,18 +91,25 @@ def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
 
 @contextmanager
 def exclusive_setup(engine: sa.Engine) -> Iterator[None]:
-    """On PostgreSQL, one replica at a time creates what is missing: concurrent
-    CREATE TABLE IF NOT EXISTS of one table can fail in one of them."""
-    if engine.dialect.name != "postgresql":
+    """One process at a time opens a store and creates what is missing: concurrent
+    CREATE TABLE IF NOT EXISTS can fail on PostgreSQL, and on SQLite a worker switching
+    a new file to WAL mode fails while another holds the write lock."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({WRITE_LOCK})")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({WRITE_LOCK})")
+                conn.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
         yield
         return
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"SELECT pg_advisory_lock({WRITE_LOCK})")
-        try:
-            yield
-        finally:
-            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({WRITE_LOCK})")
-            conn.commit()
+    with open(f"{database}.setup-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes with the file
 
 
 def sql_engine(database_url: str) -> sa.Engine:
