@@ -165,6 +165,18 @@ class Catalog:
                     ),
                 )
 
+    def names(self, ids: Iterable[UUID], chunk: int = 1000) -> dict[UUID, str]:
+        """The resource names of the keys with these aggregate IDs (deleted ones too)."""
+        wanted = [key_id.hex for key_id in ids]
+        found: dict[UUID, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), chunk):
+                query = sa.select(keys.c.id, keys.c.name).where(
+                    keys.c.id.in_(wanted[start : start + chunk])
+                )
+                found.update((UUID(row.id), row.name) for row in conn.execute(query))
+        return found
+
     def list(
         self,
         project: str,

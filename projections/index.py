@@ -9,7 +9,7 @@ recent changes lets followers resume from a position instead of starting over.
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
@@ -150,6 +150,21 @@ class ValidationIndex:
             self.position = position
             self._journal.clear()
             self._journal_start = position
+
+    def recall(self, start: int, touched: Sequence[tuple[int, UUID, str]]) -> None:
+        """Fill the journal of an index just loaded (see `load`) with the changes at
+        positions after `start`: (position, key ID, key name) of each, in order. Each is
+        journaled with the key's entry as it is now, which is what a follower resuming
+        from one of those positions needs: it converges on the same entries."""
+        with self._lock:
+            self._journal.clear()
+            self._journal_start = start
+            for position, key_id, name in touched:
+                digest = self._digest_by_id.get(key_id.int)
+                if digest is None:
+                    self._journal_append(position, Entry(b"", name, frozenset(), None), True)
+                else:
+                    self._journal_append(position, self._by_digest[digest], False)
 
     # What followers read.
 

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from typing import cast
+from uuid import UUID
 
 from eventsourcing.persistence import Notification
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,6 +18,7 @@ from service.application import KeyStore
 from service.domain import ApiKey
 
 BATCH = 500
+RECALL = 20_000  # changes journaled when the index is loaded from the catalog
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +59,19 @@ class Projector:
                         for k in keys
                     ),
                 )
+                self._recall(position)
                 log.info("validation index loaded from the catalog at position %d", position)
+
+    def _recall(self, position: int) -> None:
+        """Journal the last RECALL changes before `position` in the index just loaded,
+        so an edge follower that was that close resumes instead of starting over."""
+        start = max(0, position - RECALL)
+        rows = self.app.recorder.select_notifications(
+            start=start, limit=RECALL, stop=position, inclusive_of_start=False
+        )
+        touched = [(row.id, cast(UUID, row.originator_id)) for row in rows]
+        names = self.catalog.names({key_id for _, key_id in touched})
+        self.index.recall(start, [(p, k, names[k]) for p, k in touched if k in names])
 
     @property
     def logged_position(self) -> int:

@@ -724,6 +724,15 @@ def test_an_index_loaded_from_the_catalog_equals_one_replayed_from_the_store(
     started.projector.catch_up()
 
     assert replayed == [11, 12]  # only what the catalog had not folded yet
+    # And its journal holds the recent changes, so an edge follower can resume.
+    resumed = started.index.changes_after(8)
+    assert resumed is not None
+    assert [(c.position, c.entry.name.rsplit("/", 1)[1], c.deleted) for c in resumed[1]] == [
+        (9, "key-2", False),
+        (10, "key-3", True),
+        (11, "key-4", True),
+        (12, "key-5", False),
+    ]
     fresh = files.start()
     fresh.projector.catch_up()  # every event, from the store
     (loaded_at, loaded), (replayed_at, everything) = (
