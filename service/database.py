@@ -21,6 +21,7 @@ CONNECT_TIMEOUT = 2  # seconds to reach PostgreSQL before a request fails UNAVAI
 # PostgreSQL, as they hold SQLite's write lock: one replica at a time moves a projection
 # and its tracking position, and every other replica sees that move before its own.
 WRITE_LOCK = zlib.crc32(b"edgekeys projections")
+SETUP_LOCK = zlib.crc32(b"edgekeys setup")  # held while a replica creates its tables
 
 
 def is_postgres(database_url: str) -> bool:
@@ -96,11 +97,11 @@ def exclusive_setup(engine: sa.Engine) -> Iterator[None]:
     a new file to WAL mode fails while another holds the write lock."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            conn.exec_driver_sql(f"SELECT pg_advisory_lock({WRITE_LOCK})")
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({SETUP_LOCK})")
             try:
                 yield
             finally:
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({WRITE_LOCK})")
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SETUP_LOCK})")
                 conn.commit()
         return
     database = engine.url.database
