@@ -77,7 +77,7 @@ def test_keys_survive_a_restart_of_the_process(served: ServeProcess) -> None:
 def readme_buf_curl_commands() -> list[str]:
     """The README's `buf curl` examples, continuation lines joined, in order."""
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    lines = [line.strip() for line in "\n".join(blocks).replace("\\\n", " ").splitlines()]
     return [line for line in lines if line.startswith(".venv/bin/buf curl")]
 
 
@@ -117,8 +117,14 @@ def test_the_readme_buf_curl_tour_works_against_the_served_process(served: Serve
     )
     assert history["events"][0]["eventType"] == "KeyCreated"
     assert history["events"][-1]["eventType"] == "KeyDeleted"
-    verified = json.loads(outputs[-1])
+    verified = json.loads(
+        next(o for c, o in zip(commands, outputs, strict=True) if "/VerifyAuditLog" in c)
+    )
     assert verified["ok"] is True
+    status = json.loads(
+        next(o for c, o in zip(commands, outputs, strict=True) if "/GetReplicaStatus" in c)
+    )
+    assert (status["role"], status["serving"], status.get("lag", "0")) == ("store", True, "0")
 
 
 def test_the_default_store_is_created_under_var_of_the_working_directory(tmp_path: Path) -> None:
