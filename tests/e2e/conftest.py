@@ -7,15 +7,27 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.v1 import api_keys_pb2_grpc, replication_pb2_grpc, validation_pb2_grpc
+from edgekeys.v1 import replication_pb2 as rpb
+from edgekeys.v1 import validation_pb2 as vpb
+from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
+from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
+from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+PROJECT = "projects/acme"
+LLAMA = f"{PROJECT}/deployments/llama"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -132,3 +144,112 @@ class EnvoyProcess:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+class Node:
+    """A running `edgekeys serve`, store-backed or following, with client stubs."""
+
+    def __init__(self, process: ServeProcess, log: Path | None = None) -> None:
+        self.process = process
+        self.log = log
+        self.channel = grpc.insecure_channel(process.address)
+        self.keys = api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
+        self.validation = validation_pb2_grpc.ValidationServiceStub(self.channel)
+        self.replication = replication_pb2_grpc.ReplicationServiceStub(self.channel)
+        self.authorization = external_auth_pb2_grpc.AuthorizationStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def start(self, wait: bool = True) -> None:
+        if self.log is None:
+            self.process.start()
+            return
+        with self.log.open("ab") as log:
+            self.process.process = subprocess.Popen(
+                [BIN / "edgekeys", "serve"], env=self.process.env, cwd=ROOT, stderr=log
+            )
+        if wait:
+            self.process.wait_serving()
+
+    def kill(self) -> None:
+        process = self.process.process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def verdict(self, secret: str, deployment: str = LLAMA) -> "vpb.Verdict":
+        request = vpb.ValidateApiKeyRequest(secret=secret, deployment=deployment)
+        reply: vpb.ValidateApiKeyResponse = self.validation.ValidateApiKey(request, timeout=5)
+        return reply.verdict
+
+    def health_or_code(self) -> "health_pb2.HealthCheckResponse.ServingStatus | grpc.StatusCode":
+        """The health status; the error's code while the process is not listening yet."""
+        try:
+            return self.health()
+        except grpc.RpcError as error:
+            code: grpc.StatusCode = error.code()
+            return code
+
+    def health(self) -> "health_pb2.HealthCheckResponse.ServingStatus":
+        request = health_pb2.HealthCheckRequest()
+        status: health_pb2.HealthCheckResponse.ServingStatus = self.health_stub.Check(
+            request, timeout=5
+        ).status
+        return status
+
+    def status(self) -> rpb.GetReplicaStatusResponse:
+        reply: rpb.GetReplicaStatusResponse = self.replication.GetReplicaStatus(
+            rpb.GetReplicaStatusRequest(), timeout=5
+        )
+        return reply
+
+    def check(self, secret: str) -> CheckResponse:
+        request = CheckRequest(
+            attributes=AttributeContext(
+                request=AttributeContext.Request(
+                    http=AttributeContext.HttpRequest(headers={"x-api-key": secret})
+                ),
+                context_extensions={"deployment": LLAMA},
+            )
+        )
+        reply: CheckResponse = self.authorization.Check(request, timeout=5)
+        return reply
+
+    def create(self, *deployments: str) -> pb.CreateApiKeyResponse:
+        reply: pb.CreateApiKeyResponse = self.keys.CreateApiKey(
+            pb.CreateApiKeyRequest(
+                parent=PROJECT,
+                api_key=pb.ApiKey(display_name="at the edge", deployments=list(deployments)),
+            ),
+            timeout=10,
+        )
+        return reply
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log else ""
+
+    def close(self) -> None:
+        self.channel.close()
+        self.kill()
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[[ServeProcess, Path | None], Node]]:
+    made: list[Node] = []
+
+    def make(process: ServeProcess, log: Path | None = None) -> Node:
+        node = Node(process, log)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def eventually(probe: Callable[[], T], expected: T, within: float = 20) -> float:
+    """Seconds until `probe()` returns `expected`; fails after `within` seconds."""
+    start = time.monotonic()
+    while (found := probe()) != expected:
+        assert time.monotonic() - start < within, f"still {found!r}, not {expected!r}"
+        time.sleep(0.01)
+    return time.monotonic() - start

@@ -6,64 +6,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from edgekeys.v1 import api_keys_pb2 as pb
-from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
+from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from service.listener import APPLICATION_NAME
-from tests.e2e.conftest import ServeProcess
+from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess, eventually
 from tests.postgres import fresh_database, terminate
 from tests.tcp_proxy import TcpProxy
 
-T = TypeVar("T")
-PROJECT = "projects/acme"
-LLAMA = f"{PROJECT}/deployments/llama"
 MISTRAL = f"{PROJECT}/deployments/mistral"
-
-
-class Replica:
-    def __init__(self, database_url: str, **settings: str) -> None:
-        self.process = ServeProcess(database_url, **settings)
-        self.process.start()
-        self.channel = grpc.insecure_channel(self.process.address)
-        self.keys = api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
-        self.validation = validation_pb2_grpc.ValidationServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    @property
-    def pid(self) -> int:
-        assert self.process.process is not None
-        return self.process.process.pid
-
-    def verdict(self, secret: str, deployment: str = LLAMA) -> "vpb.Verdict":
-        request = vpb.ValidateApiKeyRequest(secret=secret, deployment=deployment)
-        reply: vpb.ValidateApiKeyResponse = self.validation.ValidateApiKey(request, timeout=5)
-        return reply.verdict
-
-    def create(self, *deployments: str) -> pb.CreateApiKeyResponse:
-        reply: pb.CreateApiKeyResponse = self.keys.CreateApiKey(
-            pb.CreateApiKeyRequest(
-                parent=PROJECT,
-                api_key=pb.ApiKey(display_name="replicated", deployments=list(deployments)),
-            ),
-            timeout=10,
-        )
-        return reply
-
-    def close(self) -> None:
-        self.channel.close()
-        process = self.process.process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -73,30 +32,19 @@ def database() -> Iterator[str]:
 
 
 @pytest.fixture
-def replicas(database: str) -> Iterator[Callable[..., Replica]]:
-    started: list[Replica] = []
+def replicas(database: str, nodes: Callable[..., Node]) -> Callable[..., Node]:
+    """Starts `edgekeys serve` processes on the test's database (or another URL)."""
 
-    def start(url: str = database, **settings: str) -> Replica:
-        replica = Replica(url, **settings)
-        started.append(replica)
+    def start(url: str = database, **settings: str) -> Node:
+        replica = nodes(ServeProcess(url, **settings))
+        replica.start()
         return replica
 
-    yield start
-    for replica in started:
-        replica.close()
-
-
-def eventually(probe: Callable[[], T], expected: T, within: float) -> float:
-    """Seconds until `probe()` returns `expected`; fails after `within` seconds."""
-    start = time.monotonic()
-    while (found := probe()) != expected:
-        assert time.monotonic() - start < within, f"still {found!r}, not {expected!r}"
-        time.sleep(0.005)
-    return time.monotonic() - start
+    return start
 
 
 def test_changes_through_one_replica_are_answered_by_the_other_at_once(
-    replicas: Callable[..., Replica],
+    replicas: Callable[..., Node],
 ) -> None:
     # B polls only every 30 s: anything faster is LISTEN/NOTIFY at work.
     a, b = replicas(), replicas(poll_interval="30")
@@ -130,10 +78,11 @@ def test_changes_through_one_replica_are_answered_by_the_other_at_once(
 
 
 def test_polling_brings_a_replica_back_after_its_listen_connection_is_killed(
-    replicas: Callable[..., Replica], database: str
+    replicas: Callable[..., Node], database: str
 ) -> None:
     a, b = replicas(), replicas(poll_interval="0.5")
-    listener = f"{APPLICATION_NAME} {b.pid}"
+    assert b.process.process is not None
+    listener = f"{APPLICATION_NAME} {b.process.process.pid}"
     eventually(lambda: terminate(database, listener), 1, within=10)
     created = a.create(LLAMA)
     eventually(lambda: b.verdict(created.secret), vpb.VERDICT_ALLOWED, within=0.5 + 1.5)
@@ -142,7 +91,7 @@ def test_polling_brings_a_replica_back_after_its_listen_connection_is_killed(
 
 
 def test_32_concurrent_attachments_over_two_replicas_are_all_kept(
-    replicas: Callable[..., Replica],
+    replicas: Callable[..., Node],
 ) -> None:
     a, b = replicas(), replicas()
     name = a.create().api_key.name
@@ -181,14 +130,14 @@ def test_32_concurrent_attachments_over_two_replicas_are_all_kept(
 
 
 def test_of_two_updates_carrying_the_same_etag_exactly_one_wins(
-    replicas: Callable[..., Replica],
+    replicas: Callable[..., Node],
 ) -> None:
     a, b = replicas(), replicas()
     key = a.create(LLAMA).api_key
     start = threading.Barrier(2)
     outcomes: list[str] = []
 
-    def rename(replica: Replica, display_name: str) -> None:
+    def rename(replica: Node, display_name: str) -> None:
         request = pb.UpdateApiKeyRequest(
             api_key=pb.ApiKey(name=key.name, display_name=display_name, etag=key.etag),
             update_mask=FieldMask(paths=["display_name"]),
@@ -213,7 +162,7 @@ def test_of_two_updates_carrying_the_same_etag_exactly_one_wins(
 
 
 def test_a_replica_cut_off_from_the_database_validates_from_memory_and_refuses_writes(
-    replicas: Callable[..., Replica], database: str
+    replicas: Callable[..., Node], database: str
 ) -> None:
     host_port = database.split("@", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
@@ -240,11 +189,11 @@ def test_a_replica_cut_off_from_the_database_validates_from_memory_and_refuses_w
 
         eventually(write_status, grpc.StatusCode.UNAVAILABLE, within=10)
         assert b.verdict(kept.secret) == vpb.VERDICT_ALLOWED  # fail-static
-        store_health = b.health.Check(
+        store_health = b.health_stub.Check(
             health_pb2.HealthCheckRequest(service="edgekeys.v1.ApiKeyService")
         )
         assert store_health.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        overall = b.health.Check(health_pb2.HealthCheckRequest())
+        overall = b.health_stub.Check(health_pb2.HealthCheckRequest())
         assert overall.status == health_pb2.HealthCheckResponse.SERVING
 
         proxy.restore()  # no restart of B

@@ -1,4 +1,4 @@
-"""`edgekeys serve` refuses a store it cannot use with one clear line and exit code 2,
+"""`edgekeys serve` refuses settings it cannot use with one clear line and exit code 2,
 never a traceback, and never with the password of the URL."""
 
 import subprocess
@@ -8,21 +8,28 @@ import pytest
 from tests.e2e.conftest import BIN, ROOT, free_port
 
 
+def store(url: str) -> list[str]:
+    return ["--database-url", url]
+
+
 @pytest.mark.parametrize(
-    ("url", "expected"),
+    ("flags", "expected"),
     [
-        ("mysql://root@127.0.0.1/keys", "unsupported database URL"),
-        ("postgresql://127.0.0.1:5432/keys", "needs a user and a database"),
-        ("sqlite:///", "sqlite URL has no file"),
+        (store("mysql://root@127.0.0.1/keys"), "unsupported database URL"),
+        (store("postgresql://127.0.0.1:5432/keys"), "needs a user and a database"),
+        (store("sqlite:///"), "sqlite URL has no file"),
         (
-            f"postgresql://edgekeys:hunter2@127.0.0.1:{free_port()}/keys",
+            store(f"postgresql://edgekeys:hunter2@127.0.0.1:{free_port()}/keys"),
             "the database is unreachable",
         ),
+        (["--follow", "nowhere"], "--follow must be HOST:PORT"),
+        (["--follow", "127.0.0.1:99999"], "--follow must be HOST:PORT"),
+        (["--follow", f"127.0.0.1:{free_port()}", "--max-staleness", "0"], "must be positive"),
     ],
 )
-def test_a_store_that_cannot_be_used_is_one_clear_line(url: str, expected: str) -> None:
+def test_settings_that_cannot_be_used_are_one_clear_line(flags: list[str], expected: str) -> None:
     done = subprocess.run(
-        [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0", "--database-url", url],
+        [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0", *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,
