@@ -75,6 +75,12 @@ def _postgres_url(database_url: str) -> URL:
         url = make_url(database_url)
     except sa.exc.ArgumentError:
         raise ValueError(f"malformed database URL {database_url!r}") from None
+    if url.query:
+        # The event store's own connections take no URL options, so none are taken here.
+        raise ValueError(
+            f"database URL options {sorted(url.query)} are not supported: set TLS and other "
+            "connection options with libpq's environment (PGSSLMODE, PGSSLROOTCERT, …)"
+        )
     if not url.database or not url.username:
         raise ValueError(
             f"database URL {database_url!r} needs a user and a database: "

@@ -18,6 +18,7 @@ def store(url: str) -> list[str]:
         (store("mysql://root@127.0.0.1/keys"), "unsupported database URL"),
         (store("postgresql://127.0.0.1:5432/keys"), "needs a user and a database"),
         (store("sqlite:///"), "sqlite URL has no file"),
+        (store("postgresql://u@127.0.0.1/keys?sslmode=require"), "PGSSLMODE"),
         (
             store(f"postgresql://edgekeys:hunter2@127.0.0.1:{free_port()}/keys"),
             "the database is unreachable",
