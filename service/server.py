@@ -92,7 +92,7 @@ class EdgeKeysServer:
             ReplicationService(
                 self.index,
                 self.index_feed,
-                StoreStatus(self.index, self.keys.recorder.max_notification_id, self._last_sync),
+                StoreStatus(self.index, self._store_head, self._last_sync),
                 live=lambda: self.last_sync is not None,  # caught up at start
             ),
             replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"],
@@ -157,6 +157,11 @@ class EdgeKeysServer:
     def _projected(self) -> None:
         self.feed.advance(self.projector.logged_position)
         self.index_feed.advance(self.index.position)
+
+    def _store_head(self) -> int | None:
+        """The store's last position; None while it is unreachable (last_sync tells
+        since when), rather than wait for the driver's retries to give up."""
+        return self.keys.recorder.max_notification_id() if self.store_available else None
 
     def _last_sync(self) -> datetime | None:
         return self.last_sync
