@@ -54,8 +54,8 @@ def store_environment(database_url: str) -> dict[str, str]:
             "POSTGRES_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
             "POSTGRES_PRE_PING": "y",  # a connection that died in an outage is replaced
             "POSTGRES_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
-            "POSTGRES_POOL_SIZE": "2",
-            "POSTGRES_MAX_OVERFLOW": "4",
+            "POSTGRES_POOL_SIZE": "4",
+            "POSTGRES_MAX_OVERFLOW": "8",
         }
     raise ValueError(
         f"unsupported database URL {database_url!r}: expected sqlite:///FILE "
@@ -133,8 +133,8 @@ def _postgres_engine(url: URL) -> sa.Engine:
     engine = sa.create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=2,
-        max_overflow=4,
+        pool_size=4,
+        max_overflow=8,
         pool_timeout=CONNECT_TIMEOUT,
         connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "edgekeys"},
     )
