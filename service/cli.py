@@ -48,13 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _serve(settings: config.Settings) -> None:
+async def _serve(settings: config.Settings, supervisor: int | None = None) -> None:
     server = FollowerServer(settings) if settings.follow else EdgeKeysServer(settings)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    if supervisor is not None:
+        orphaned = asyncio.create_task(_until_orphaned(supervisor))
+        orphaned.add_done_callback(lambda _: stopping.set())
     await stopping.wait()
     log.info("stopping: finishing requests in flight")
     await server.stop()
@@ -68,7 +71,7 @@ def _supervise(settings: config.Settings) -> int:
     spawn = multiprocessing.get_context("spawn")
 
     def start() -> multiprocessing.process.BaseProcess:
-        worker = spawn.Process(target=_worker, args=(settings,), daemon=False)
+        worker = spawn.Process(target=_worker, args=(settings, os.getpid()), daemon=False)
         worker.start()
         return worker
 
@@ -101,9 +104,17 @@ def _supervise(settings: config.Settings) -> int:
     return max(worker.exitcode or 0 for worker in workers)
 
 
-def _worker(settings: config.Settings) -> None:
+def _worker(settings: config.Settings, supervisor: int) -> None:
     _configure_logging(settings)
-    asyncio.run(_serve(settings))
+    asyncio.run(_serve(settings, supervisor))
+
+
+async def _until_orphaned(supervisor: int) -> None:
+    """Returns when the supervisor is gone (killed with no chance to stop its workers):
+    a worker must not keep serving the port on its own."""
+    while os.getppid() == supervisor:
+        await asyncio.sleep(1)
+    log.error("the supervisor (pid %d) is gone: stopping", supervisor)
 
 
 def _configure_logging(settings: config.Settings) -> None:

@@ -22,8 +22,7 @@ def workers(tmp_path: Path) -> Iterator[ServeProcess]:
     process.start()
     yield process
     if process.process and process.process.poll() is None:
-        process.process.kill()
-        process.process.wait()
+        process.stop()
 
 
 def connections(address: str) -> list[grpc.Channel]:
@@ -84,3 +83,23 @@ def test_sigterm_stops_every_worker(workers: ServeProcess) -> None:
         validation_pb2_grpc.ValidationServiceStub(channel).ValidateApiKey(
             vpb.ValidateApiKeyRequest(secret="x", deployment=LLAMA), timeout=1
         )
+
+
+def serves(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            validation_pb2_grpc.ValidationServiceStub(channel).ValidateApiKey(
+                vpb.ValidateApiKeyRequest(secret="x", deployment=LLAMA), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return True
+
+
+def test_workers_stop_when_their_supervisor_is_killed(workers: ServeProcess) -> None:
+    assert workers.process is not None
+    assert serves(workers.address)
+    workers.process.kill()  # SIGKILL: no chance to stop them itself
+    workers.process.wait()
+    eventually(lambda: not serves(workers.address), timeout=15)
+
