@@ -102,4 +102,3 @@ def test_workers_stop_when_their_supervisor_is_killed(workers: ServeProcess) -> 
     workers.process.kill()  # SIGKILL: no chance to stop them itself
     workers.process.wait()
     eventually(lambda: not serves(workers.address), timeout=15)
-
