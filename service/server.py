@@ -93,7 +93,9 @@ class EdgeKeysServer:
                 self.index,
                 self.index_feed,
                 StoreStatus(self.index, self._store_head, self._last_sync),
-                live=lambda: self.last_sync is not None,  # caught up at start
+                # Caught up at start, and hearing the store: a replica cut off from it
+                # sends followers no heartbeats, so their max staleness holds.
+                live=lambda: self.last_sync is not None and self.store_available,
             ),
             replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"],
         )

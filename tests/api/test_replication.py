@@ -189,6 +189,27 @@ def test_a_stream_at_the_head_gets_heartbeats(
     assert time.monotonic() - started >= 1.5  # one a second, not a busy loop
 
 
+def test_a_replica_cut_off_from_its_store_sends_followers_no_heartbeats(
+    running: RunningServer,
+) -> None:
+    running.create()
+    head = status(running.channel).head_position
+    stub = replication_pb2_grpc.ReplicationServiceStub(running.channel)
+    call = stub.StreamIndex(rpb.StreamIndexRequest(after_position=head), timeout=4)
+    assert next(call).position == head  # a heartbeat
+    running.on_server_thread(lambda: setattr(running.server, "store_available", False))
+    try:
+        with pytest.raises(grpc.RpcError) as silent:
+            for _ in range(3):
+                next(call)
+        assert silent.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.StreamIndex(rpb.StreamIndexRequest(after_position=head)))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.on_server_thread(lambda: setattr(running.server, "store_available", True))
+
+
 @pytest.fixture
 def small_journal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index, "JOURNAL", 3)
