@@ -5,7 +5,9 @@ the projections follow the store.
 """
 
 import hashlib
+import random
 import secrets
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar, Final
@@ -23,7 +25,11 @@ from service.personal_data import DataKeys, PersonalDataAsCiphertext
 Clock = Callable[[], datetime]
 ANONYMOUS = "anonymous"
 UNCHANGED: Final = object()  # "leave the expiry as it is", as opposed to None: "never expires"
-MAX_ATTEMPTS = 5  # on a version conflict with another writer, when no etag pins the version
+# On a version conflict with another writer (another replica), when no etag pins the
+# version: retries, after a random pause that grows, so that two replicas hammering one
+# key stop colliding in step.
+MAX_ATTEMPTS = 12
+BACKOFF = 0.002  # seconds, doubled at each attempt, at most 0.1
 
 
 def etag_of(version: int) -> str:
@@ -156,7 +162,7 @@ class KeyStore(Application[UUID]):
         lost race with another writer is retried on the fresh key; with one, the
         caller asked for exactly the version it saw, so the race is theirs to see.
         """
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             key = self.get_key(name)
             if request_id and request_id in key.request_ids:
                 return key
@@ -168,6 +174,7 @@ class KeyStore(Application[UUID]):
             except IntegrityError:
                 if etag:
                     raise StaleEtag(f"{name} changed while this request ran") from None
+                time.sleep(random.uniform(0, min(BACKOFF * 2**attempt, 0.1)))
                 continue
             return key
         raise StaleEtag(f"{name} is changing too fast; try again")
