@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint protos bench clean
+.PHONY: run test lint protos bench bench-scale bench-tools clean
 
 run: $(INSTALLED)
 	$(BIN)/edgekeys serve
@@ -20,10 +20,19 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 
 # Benchmarks (not tests): figures as ratios against a baseline measured in the same run.
-bench: $(INSTALLED)
-	command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
+# bench.replicas and bench-scale need PostgreSQL (EDGEKEYS_TEST_POSTGRES, as the tests).
+bench: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.audit
+	$(BIN)/python -m bench.replicas
+
+# 1,000,000 keys in PostgreSQL: a new replica's start and memory, writes at that size.
+# Long (45 minutes here), so in neither `make test` nor `make bench`.
+bench-scale: $(INSTALLED) bench-tools
+	$(BIN)/python -m bench.scale
+
+bench-tools:
+	command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 
 # Regenerate the Python stubs in edgekeys/ from protos/; commit the result.
 # protos/google is only there for imports: Python uses googleapis-common-protos.
