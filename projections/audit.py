@@ -24,6 +24,7 @@ from service.database import create_tables
 from service.domain import ApiKey
 
 GENESIS = bytes(32)
+NAMES_CACHED = 100_000  # key names kept in memory; the rest are read from the log
 
 metadata = sa.MetaData()
 audit_log = sa.Table(
@@ -104,6 +105,9 @@ class AuditLog:
 
     def process(self, rows: Iterable[tuple[Notification, ApiKey.Event]]) -> None:
         """Chain and index the rows after the last one logged, in one transaction."""
+        if len(self._names) > NAMES_CACHED:
+            # Between batches only: a key created in this batch is not in the table yet.
+            self._names.clear()
         with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             head = conn.execute(
                 sa.select(audit_log.c.position, audit_log.c.link)

@@ -747,3 +747,27 @@ def test_an_index_loaded_from_the_catalog_equals_one_replayed_from_the_store(
             for deployment in (LLAMA, MISTRAL):
                 verdict = started.index.check(secret, deployment, moment)
                 assert verdict == fresh.index.check(secret, deployment, moment)
+
+
+def test_the_audit_log_finds_names_it_no_longer_holds_in_memory(
+    replica: Replica, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "NAMES_CACHED", 1)
+    store = replica.store
+    for i in range(3):
+        store.create_key("acme", f"key-{i}", "k", "", [LLAMA], None)
+    replica.projector.catch_up()
+    for i in range(3):
+        store.attach_deployment(key_name(f"key-{i}"), MISTRAL)
+    replica.projector.catch_up()
+
+    logged = replica.audit.entries(project="acme")
+    assert [e.api_key.rsplit("/", 1)[1] for e, _ in logged] == [
+        "key-0",
+        "key-1",
+        "key-2",
+        "key-0",
+        "key-1",
+        "key-2",
+    ]
+    assert replica.audit.verify().ok
