@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from service import keyformat
-from service.application import KeyStore
+from service.application import KeyStore, utc_now
 from service.domain import ApiKey
 from service.names import KeyName
 from tests.postgres import SERVER, fresh_database
@@ -57,10 +56,6 @@ CREATE = "/edgekeys.v1.ApiKeyService/CreateApiKey"
 KINDS = ("create", "detach", "shorten", "delete")
 PROPAGATION_TARGET_MS = 100.0  # p99
 GIVE_UP = 10.0  # seconds a change may take to reach B before the bench fails
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def in_seconds(seconds: int) -> Timestamp:

@@ -37,14 +37,14 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.audit import Server, say
-from bench.replicas import Row, postgres_reachable, report, utc_now, write_rates, write_rows
+from bench.replicas import Row, postgres_reachable, report, write_rates, write_rows
 from bench.run import VALIDATE, latencies, machine, percentile
 from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.v1 import validation_pb2_grpc
 from projections.audit import AuditLog
 from projections.catalog import Catalog
 from service import keyformat
-from service.application import KeyStore
+from service.application import KeyStore, utc_now
 from service.domain import ApiKey
 from service.names import KeyName
 from tests.postgres import fresh_database

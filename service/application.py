@@ -9,7 +9,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
@@ -23,6 +23,13 @@ from service.names import KeyName
 from service.personal_data import DataKeys, PersonalDataAsCiphertext
 
 Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The real clock (tests inject their own)."""
+    return datetime.now(UTC)
+
+
 ANONYMOUS = "anonymous"
 UNCHANGED: Final = object()  # "leave the expiry as it is", as opposed to None: "never expires"
 # On a version conflict with another writer (another replica), when no etag pins the

@@ -67,7 +67,7 @@ def to_status(error: "domain.DomainError | InvalidArgument | StoreUnavailable") 
     if isinstance(error, InvalidArgument):
         code, reason, field = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.field
     elif isinstance(error, StoreUnavailable):
-        code, reason, field = code_pb2.UNAVAILABLE, "STORE_UNAVAILABLE", None
+        return unavailable("STORE_UNAVAILABLE", str(error))
     else:
         code, reason, field = _DOMAIN_ERRORS[type(error)]
         field = getattr(error, "field", None) or field

@@ -27,7 +27,7 @@ from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
 from projections.index import Change, Entry, ValidationIndex
 from service import rpc
 from service.api import ValidationService
-from service.application import Clock
+from service.application import Clock, utc_now
 from service.audit import Feed
 from service.authz import AuthorizationService
 from service.config import Settings
@@ -50,10 +50,6 @@ FOLLOWER_SERVICES = (
     external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
     rpb.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
 )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,7 +18,7 @@ from projections.index import ValidationIndex
 from projections.projector import Projector
 from service import rpc
 from service.api import ApiKeyService, ValidationService
-from service.application import Clock, KeyStore
+from service.application import Clock, KeyStore, utc_now
 from service.audit import AuditService, Feed
 from service.authz import AuthorizationService
 from service.config import Settings
@@ -40,10 +40,6 @@ SERVICES = (
     external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
     replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
 )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class EdgeKeysServer:
