@@ -13,11 +13,13 @@ from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
-from service import requests
+from service import callers, requests
 from service.application import Clock, KeyStore, etag_of
+from service.callers import Caller, authorize, key_project
 from service.domain import StaleEtag
 from service.errors import InvalidArgument
 from service.freshness import Freshness
+from service.names import KeyName, deployment_project
 from service.writer import Writer
 
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
@@ -78,8 +80,14 @@ def _timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def _mutation_options(request: Any) -> dict[str, str]:
-    return {"etag": request.etag, "request_id": requests.request_id(request.request_id)}
+def _mutation_options(request: Any, name: KeyName) -> dict[str, str]:
+    """What every change to one key takes: its etag, request id, and the caller (who
+    must be allowed in the key's project)."""
+    return {
+        "etag": request.etag,
+        "actor": authorize(name.project).name,
+        "request_id": requests.request_id(request.request_id),
+    }
 
 
 class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
@@ -92,6 +100,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateApiKeyResponse:
         project = requests.project(request.parent)
+        caller = authorize(project)
         spec = request.api_key
         expire_time = (
             requests.timestamp(spec.expire_time, "api_key.expire_time")
@@ -106,6 +115,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
             requests.description(spec.description, "api_key.description"),
             requests.deployments(spec.deployments, "api_key.deployments", project=project),
             expire_time,
+            actor=caller.name,
             request_id=requests.request_id(request.request_id),
         )
         return pb.CreateApiKeyResponse(api_key=api_key_message(key), secret=secret)
@@ -114,6 +124,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         self, request: pb.GetApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetApiKeyResponse:
         name = requests.key_name(request.name)
+        authorize(name.project)
         key = await asyncio.to_thread(self.keys.get_key, name)
         return pb.GetApiKeyResponse(api_key=api_key_message(key))
 
@@ -121,6 +132,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApiKeysResponse:
         project = requests.project(request.parent)
+        authorize(project)
         size = requests.page_size(request.page_size)
         if request.deployment:
             requests.deployment(request.deployment, project=project)
@@ -150,6 +162,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
     ) -> pb.UpdateApiKeyResponse:
         spec = request.api_key
         name = requests.key_name(spec.name, "api_key.name")
+        caller = authorize(name.project)
         paths = set(request.update_mask.paths)
         if unknown := paths - UPDATABLE:
             raise InvalidArgument(
@@ -180,6 +193,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
                 name,
                 **changes,
                 etag=spec.etag,
+                actor=caller.name,
                 request_id=requests.request_id(request.request_id),
             )
         except StaleEtag as error:
@@ -191,34 +205,32 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         self, request: pb.AttachDeploymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.AttachDeploymentResponse:
         name = requests.key_name(request.name)
+        options = _mutation_options(request, name)
         deployment = requests.deployment(request.deployment, project=name.project)
-        key = await self.writer.run(
-            self.keys.attach_deployment, name, deployment, **_mutation_options(request)
-        )
+        key = await self.writer.run(self.keys.attach_deployment, name, deployment, **options)
         return pb.AttachDeploymentResponse(api_key=api_key_message(key))
 
     async def DetachDeployment(
         self, request: pb.DetachDeploymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetachDeploymentResponse:
         name = requests.key_name(request.name)
+        options = _mutation_options(request, name)
         deployment = requests.deployment(request.deployment, project=name.project)
-        key = await self.writer.run(
-            self.keys.detach_deployment, name, deployment, **_mutation_options(request)
-        )
+        key = await self.writer.run(self.keys.detach_deployment, name, deployment, **options)
         return pb.DetachDeploymentResponse(api_key=api_key_message(key))
 
     async def DeleteApiKey(
         self, request: pb.DeleteApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteApiKeyResponse:
         name = requests.key_name(request.name)
-        key = await self.writer.run(self.keys.delete_key, name, **_mutation_options(request))
+        key = await self.writer.run(self.keys.delete_key, name, **_mutation_options(request, name))
         return pb.DeleteApiKeyResponse(api_key=api_key_message(key))
 
     async def PurgeApiKey(
         self, request: pb.PurgeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.PurgeApiKeyResponse:
         name = requests.key_name(request.name)
-        key = await self.writer.run(self.keys.purge_key, name, **_mutation_options(request))
+        key = await self.writer.run(self.keys.purge_key, name, **_mutation_options(request, name))
         return pb.PurgeApiKeyResponse(api_key=api_key_message(key))
 
 
@@ -236,9 +248,10 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         self, request: vpb.ValidateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> vpb.ValidateApiKeyResponse:
         requests.deployment(request.deployment)
+        scope = callers.scope(deployment_project(request.deployment))
         if self.freshness is not None and self.freshness.stale():
             await context.abort_with_status(self.freshness.status())
-        return self._validate(request, self.clock())
+        return self._validate(request, self.clock(), scope)
 
     async def ValidateApiKeys(
         self, request: vpb.ValidateApiKeysRequest, context: grpc.aio.ServicerContext
@@ -247,19 +260,25 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             raise InvalidArgument("requests", f"at most {MAX_BATCH} items per call")
         for i, item in enumerate(request.requests):
             requests.deployment(item.deployment, f"requests[{i}].deployment")
+        scopes = [callers.scope(deployment_project(item.deployment)) for item in request.requests]
         if self.freshness is not None and self.freshness.stale():
             await context.abort_with_status(self.freshness.status())
         now = self.clock()
         return vpb.ValidateApiKeysResponse(
-            responses=[self._validate(item, now) for item in request.requests]
+            responses=[
+                self._validate(item, now, scope)
+                for item, scope in zip(request.requests, scopes, strict=True)
+            ]
         )
 
     def _validate(
-        self, request: vpb.ValidateApiKeyRequest, now: datetime
+        self, request: vpb.ValidateApiKeyRequest, now: datetime, scope: Caller | None
     ) -> vpb.ValidateApiKeyResponse:
         verdict, entry = self.index.check(request.secret, request.deployment, now)
         if entry is None:
             return _verdict(verdict, "", None)
+        if scope is not None and not scope.may_touch(key_project(entry.name)):
+            return _verdict(vpb.VERDICT_NOT_FOUND, "", None)  # another project's key
         return _verdict(verdict, entry.name, entry.expire_time)
 
 

@@ -12,6 +12,7 @@ from projections.audit import AuditLog, Entry, event_type
 from service import requests
 from service.api import api_key_message
 from service.application import KeyStore
+from service.callers import ALL, authorize
 from service.domain import ApiKey, KeyNotFound, PersonalData
 from service.errors import InvalidArgument
 
@@ -58,6 +59,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: apb.ListApiKeyEventsRequest, context: grpc.aio.ServicerContext
     ) -> apb.ListApiKeyEventsResponse:
         name = requests.key_name(request.name)
+        authorize(name.project)
         size = requests.page_size(request.page_size, DEFAULT_PAGE_SIZE)
         query = {"name": request.name}
         after = requests.decode_page_token(request.page_token, query)
@@ -78,6 +80,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: apb.GetApiKeyRevisionRequest, context: grpc.aio.ServicerContext
     ) -> apb.GetApiKeyRevisionResponse:
         name = requests.key_name(request.name)
+        authorize(name.project)
         match request.WhichOneof("revision"):
             case "version":
                 if request.version < 1:
@@ -98,6 +101,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: apb.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> apb.ListEventsResponse:
         project = requests.project(request.parent)
+        authorize(project)
         size = requests.page_size(request.page_size, DEFAULT_PAGE_SIZE)
         if request.after_position < 0:
             raise InvalidArgument("after_position", "must not be negative")
@@ -133,6 +137,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: apb.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[apb.WatchEventsResponse]:
         project = requests.project(request.parent)
+        authorize(project)
         if request.after_position < 0:
             raise InvalidArgument("after_position", "must not be negative")
         after = request.after_position
@@ -153,6 +158,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: apb.VerifyAuditLogRequest, context: grpc.aio.ServicerContext
     ) -> apb.VerifyAuditLogResponse:
         project = requests.project(request.parent) if request.parent else None
+        authorize(project or ALL)  # the whole log only for a caller of every project
         checkpoint = None
         if request.HasField("checkpoint"):
             try:

@@ -25,6 +25,7 @@ from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import (
 from edgekeys.vendor.envoy.type.v3.http_status_pb2 import HttpStatus
 from projections.index import ValidationIndex
 from service.application import Clock
+from service.callers import key_project, scope
 from service.freshness import REASON, Freshness
 from service.names import deployment_project
 
@@ -109,14 +110,18 @@ class AuthorizationService:
     ) -> CheckResponse:
         attributes = request.attributes
         deployment = attributes.context_extensions.get("deployment", "")
-        if deployment_project(deployment) is None:
+        project = deployment_project(deployment)
+        if project is None:
             return NO_DEPLOYMENT
+        limited_to = scope(project)
         secret = presented_key(attributes.request.http.headers)
         if secret is None:
             return MISSING
         if self.freshness is not None and self.freshness.stale():
             return _stale(self.freshness.explanation())
         verdict, entry = self.index.check(secret, deployment, self.clock())
+        if entry is not None and limited_to and not limited_to.may_touch(key_project(entry.name)):
+            return DENIALS[vpb.VERDICT_NOT_FOUND]  # another project's key
         if verdict != vpb.VERDICT_ALLOWED or entry is None:
             return DENIALS[verdict]
         return _allowed(entry.name)

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -10,12 +11,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import sqlalchemy.exc
 from eventsourcing import persistence
 
-from service import client, config
+from service import callers, client, config
 from service.replication import FollowerServer
 from service.server import EdgeKeysServer
 
@@ -28,16 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the gRPC API")
     config.add_arguments(serve)
+    _add_callers_commands(commands, options)
     client.add_commands(commands, options)
     arguments = parser.parse_args(argv)
+    if arguments.command == "callers":
+        return _callers_add(arguments)
     if arguments.command != "serve":
         return client.run(arguments)
     try:
         settings = config.from_arguments(arguments)
         _configure_logging(settings)
+        upstream = client.Credentials.of(arguments)  # a follower's, to reach its upstream
         if settings.workers > 1:
-            return _supervise(settings)
-        asyncio.run(_serve(settings))
+            return _supervise(settings, upstream)
+        asyncio.run(_serve(settings, upstream))
     except (ValueError, RuntimeError) as error:
         print(f"edgekeys: cannot serve: {error}", file=sys.stderr)
         return 2
@@ -48,13 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _serve(settings: config.Settings, supervisor: int | None = None) -> None:
-    server = FollowerServer(settings) if settings.follow else EdgeKeysServer(settings)
+async def _serve(
+    settings: config.Settings,
+    upstream: client.Credentials,
+    supervisor: int | None = None,
+) -> None:
+    server = (
+        FollowerServer(settings, upstream_credentials=upstream.channel(settings.follow))
+        if settings.follow
+        else EdgeKeysServer(settings)
+    )
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    if server.gate is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.gate.reload)
     if supervisor is not None:
         orphaned = asyncio.create_task(_until_orphaned(supervisor))
         orphaned.add_done_callback(lambda _: stopping.set())
@@ -63,7 +80,7 @@ async def _serve(settings: config.Settings, supervisor: int | None = None) -> No
     await server.stop()
 
 
-def _supervise(settings: config.Settings) -> int:
+def _supervise(settings: config.Settings, upstream: client.Credentials) -> int:
     """Run `workers` server processes on one address (SO_REUSEPORT: the kernel spreads
     connections over them), replace any that dies, and stop them all on a signal."""
     if settings.address.endswith(":0"):
@@ -71,7 +88,7 @@ def _supervise(settings: config.Settings) -> int:
     spawn = multiprocessing.get_context("spawn")
 
     def start() -> multiprocessing.process.BaseProcess:
-        worker = spawn.Process(target=_worker, args=(settings, os.getpid()), daemon=False)
+        worker = spawn.Process(target=_worker, args=(settings, upstream, os.getpid()), daemon=False)
         worker.start()
         return worker
 
@@ -104,9 +121,9 @@ def _supervise(settings: config.Settings) -> int:
     return max(worker.exitcode or 0 for worker in workers)
 
 
-def _worker(settings: config.Settings, supervisor: int) -> None:
+def _worker(settings: config.Settings, upstream: client.Credentials, supervisor: int) -> None:
     _configure_logging(settings)
-    asyncio.run(_serve(settings, supervisor))
+    asyncio.run(_serve(settings, upstream, supervisor))
 
 
 async def _until_orphaned(supervisor: int) -> None:
@@ -115,6 +132,71 @@ async def _until_orphaned(supervisor: int) -> None:
     while os.getppid() == supervisor:
         await asyncio.sleep(1)
     log.error("the supervisor (pid %d) is gone: stopping", supervisor)
+
+
+def _add_callers_commands(commands: Any, options: argparse.ArgumentParser) -> None:
+    group = commands.add_parser("callers", help="who may call this edgekeys (the callers file)")
+    verbs = group.add_subparsers(dest="verb", required=True)
+    add = verbs.add_parser(
+        "add",
+        parents=[options],
+        help="add a caller to the callers file and print its new token, once",
+    )
+    add.add_argument("name", help="the caller's name, recorded as the actor of its changes")
+    add.add_argument(
+        "--role", action="append", required=True, choices=callers.ROLES, help="repeatable"
+    )
+    add.add_argument(
+        "--project",
+        action="append",
+        required=True,
+        help="a project it may touch (acme or projects/acme), or '*' for all; repeatable",
+    )
+    add.add_argument("--tls-subject", help="the subject of its mTLS client certificate")
+    add.add_argument(
+        "--no-token", action="store_true", help="no bearer token: the certificate only"
+    )
+    add.add_argument(
+        "--file",
+        default=os.environ.get("EDGEKEYS_CALLERS_FILE"),
+        help="the callers file (env EDGEKEYS_CALLERS_FILE); created if missing",
+    )
+
+
+def _callers_add(arguments: argparse.Namespace) -> int:
+    """Append a caller to the callers file; the server picks it up within a second."""
+    if not arguments.file:
+        print("edgekeys: set EDGEKEYS_CALLERS_FILE or pass --file", file=sys.stderr)
+        return 2
+    if arguments.no_token and not arguments.tls_subject:
+        print("edgekeys: --no-token needs --tls-subject", file=sys.stderr)
+        return 2
+    token, digest = (None, None) if arguments.no_token else callers.new_token()
+    projects = [p.removeprefix("projects/") for p in arguments.project]
+    table = callers.caller_table(
+        arguments.name, digest, sorted(set(arguments.role)), projects, arguments.tls_subject
+    )
+    path = Path(arguments.file)
+    existing = path.read_text() if path.exists() else ""
+    separator = "" if not existing else "\n" if existing.endswith("\n") else "\n\n"
+    try:
+        callers.Callers.parse(existing + separator + table, str(path))
+    except ValueError as error:
+        print(f"edgekeys: {error}", file=sys.stderr)
+        return 2
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640), "a") as file:
+        file.write(separator + table)
+    if getattr(arguments, "json", False):
+        print(json.dumps({"name": arguments.name, "token": token or ""}))
+    elif token:
+        print(token)
+    if token:
+        print(
+            f"edgekeys: {arguments.name} added to {path}. This token is shown once and "
+            "only its SHA-256 is kept: copy it now.",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _configure_logging(settings: config.Settings) -> None:

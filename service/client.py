@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
+from service.config import is_loopback
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -84,14 +85,13 @@ def add_commands(commands: Any, options: argparse.ArgumentParser) -> None:
     verify.set_defaults(run=audit_verify)
 
 
-def run(arguments: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(arguments: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run a client command; errors become one line on stderr and exit code 1."""
+    out = out or sys.stdout
     options = vars(arguments)
     server = options.get("server") or os.environ.get("EDGEKEYS_SERVER", DEFAULT_SERVER)
-    ca_cert = options.get("ca_cert") or os.environ.get("EDGEKEYS_CA_CERT")
-    token = options.get("token") or os.environ.get("EDGEKEYS_TOKEN")
     try:
-        with _channel(server, ca_cert, token) as channel:
+        with _channel(server, Credentials.of(arguments).channel(server)) as channel:
             command: Callable[[Client, argparse.Namespace], int] = arguments.run
             return command(Client(channel, bool(options.get("json")), out), arguments)
     except grpc.RpcError as error:
@@ -111,14 +111,41 @@ def run(arguments: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 130
 
 
-def _channel(server: str, ca_cert: str | None, token: str | None) -> grpc.Channel:
-    if ca_cert is None and token is None:
-        return grpc.insecure_channel(server)
-    credentials = grpc.ssl_channel_credentials(Path(ca_cert).read_bytes() if ca_cert else None)
-    if token:
-        credentials = grpc.composite_channel_credentials(
-            credentials, grpc.access_token_call_credentials(token)
+@dataclass(frozen=True)
+class Credentials:
+    """The client options `--token` and `--ca-cert` (or EDGEKEYS_TOKEN, EDGEKEYS_CA_CERT)."""
+
+    token: str | None = field(default=None, repr=False)
+    ca_cert: str | None = None  # a path
+
+    @classmethod
+    def of(cls, arguments: argparse.Namespace) -> "Credentials":
+        options = vars(arguments)
+        return cls(
+            options.get("token") or os.environ.get("EDGEKEYS_TOKEN"),
+            options.get("ca_cert") or os.environ.get("EDGEKEYS_CA_CERT"),
         )
+
+    def channel(self, server: str) -> grpc.ChannelCredentials | None:
+        """None for a plain channel. With a CA, TLS verified by it; a token alone goes
+        over TLS with the system's CAs, or in clear only to a loopback address."""
+        if self.ca_cert is None and self.token is None:
+            return None
+        if self.ca_cert is None and is_loopback(server):
+            transport = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        else:
+            ca = Path(self.ca_cert).read_bytes() if self.ca_cert else None
+            transport = grpc.ssl_channel_credentials(ca)
+        if not self.token:
+            return transport
+        return grpc.composite_channel_credentials(
+            transport, grpc.access_token_call_credentials(self.token)
+        )
+
+
+def _channel(server: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(server)
     return grpc.secure_channel(server, credentials)
 
 

@@ -2,6 +2,7 @@
 set with the environment variable `EDGEKEYS_SOME_FLAG`; the flag wins."""
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -19,6 +20,11 @@ class Settings:
     workers: int = 1
     follow: str = ""
     max_staleness: float = 900.0
+    callers_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    insecure: bool = False
 
     @staticmethod
     def env_name(field: str) -> str:
@@ -36,13 +42,31 @@ _HELP = {
     "no database",
     "max_staleness": "seconds a follower keeps validating without word from its upstream; "
     "after that it fails closed",
+    "callers_file": "TOML file of the callers allowed in (token digests, roles, projects); "
+    "re-read on SIGHUP and when it changes",
+    "tls_cert": "PEM certificate chain to serve TLS with (needs --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA certificates: require a client certificate they signed (mTLS); "
+    "its subject is the caller",
+    "insecure": "listen on a non-loopback address with no callers file and no mTLS: anyone "
+    "who reaches the port may manage every key",
 }
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in fields(Settings):
         flag = "--" + field.name.replace("_", "-")
         env = Settings.env_name(field.name)
+        if field.type is bool:
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action="store_true",
+                default=os.environ.get(env, ""),
+                help=f"{_HELP[field.name]} (env {env}=1)",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=field.name,
@@ -53,7 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert(kind: object) -> Callable[[str], Any]:
+    if kind is bool:
+        return _boolean
     return kind if kind in (int, float) else str
+
+
+def _boolean(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.strip().lower() not in (*_TRUE, *_FALSE):
+        raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE[1:])}, not {value!r}")
+    return value.strip().lower() in _TRUE
 
 
 def from_arguments(arguments: argparse.Namespace) -> Settings:
@@ -71,9 +105,31 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError("--max-staleness must be positive")
     if settings.follow and not _is_host_port(settings.follow):
         raise ValueError(f"--follow must be HOST:PORT, not {settings.follow!r}")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ValueError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+    guarded = settings.callers_file or settings.tls_client_ca
+    if not (guarded or settings.insecure or is_loopback(settings.address)):
+        raise ValueError(
+            f"refusing to listen on {settings.address} with no callers file and no mTLS: "
+            "set EDGEKEYS_CALLERS_FILE (or --tls-client-ca), listen on 127.0.0.1, "
+            "or pass --insecure"
+        )
     return settings
 
 
 def _is_host_port(address: str) -> bool:
     host, _, port = address.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a `host:port` is reachable only from this machine."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # no host (every interface), or a name that may resolve anywhere

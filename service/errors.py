@@ -34,6 +34,16 @@ class StoreUnavailable(Exception):
         )
 
 
+class CallerRejected(Exception):
+    """The caller is unknown, lacks the role, may not touch the project, or has failed
+    too often: UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
 # domain error → (code, ErrorInfo reason, the request field it concerns)
 _DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
     domain.KeyNotFound: (code_pb2.NOT_FOUND, "API_KEY_NOT_FOUND", None),
@@ -62,9 +72,13 @@ _DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
 }
 
 
-def to_status(error: "domain.DomainError | InvalidArgument | StoreUnavailable") -> grpc.Status:
+def to_status(
+    error: "domain.DomainError | InvalidArgument | StoreUnavailable | CallerRejected",
+) -> grpc.Status:
     field: str | None
-    if isinstance(error, InvalidArgument):
+    if isinstance(error, CallerRejected):
+        code, reason, field = error.code.value[0], error.reason, None
+    elif isinstance(error, InvalidArgument):
         code, reason, field = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.field
     elif isinstance(error, StoreUnavailable):
         return unavailable("STORE_UNAVAILABLE", str(error))

@@ -25,11 +25,12 @@ from edgekeys.v1 import replication_pb2 as rpb
 from edgekeys.v1 import replication_pb2_grpc, validation_pb2
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
 from projections.index import Change, Entry, ValidationIndex
-from service import rpc
+from service import exposure, rpc
 from service.api import ValidationService
 from service.application import Clock, utc_now
 from service.audit import Feed
 from service.authz import AuthorizationService
+from service.callers import current, key_project
 from service.config import Settings
 from service.errors import InvalidArgument, unavailable
 from service.freshness import Freshness
@@ -111,17 +112,23 @@ class ReplicationService(replication_pb2_grpc.ReplicationServiceServicer):
                     "own source); retry",
                 )
             )
+        caller = current()  # a follower limited to some projects gets only their keys
+        mine = None if caller.everywhere else caller.may_touch
         position = request.after_position
         seen = self.feed.position
         changes = self.index.changes_after(position) if position else None
         while not self.feed.closed:
             if changes is None:
                 position, entries = self.index.snapshot()
+                if mine:
+                    entries = [e for e in entries if mine(key_project(e.name))]
                 for message in _snapshot(position, entries):
                     yield message
             elif changes[1] or self.live():  # a heartbeat only while current
-                position = changes[0]
-                for message in _changes(*changes):
+                position, batch = changes
+                if mine:
+                    batch = [c for c in batch if mine(key_project(c.entry.name))]
+                for message in _changes(position, batch):
                     yield message
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.feed.beyond(seen), HEARTBEAT)
@@ -201,9 +208,15 @@ class Follower:
     resuming from the index's position."""
 
     def __init__(
-        self, upstream: str, index: ValidationIndex, feed: Feed, freshness: Freshness
+        self,
+        upstream: str,
+        index: ValidationIndex,
+        feed: Feed,
+        freshness: Freshness,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.upstream = upstream
+        self.credentials = credentials  # TLS and a `follower` token, when upstream asks
         self.index = index
         self.feed = feed
         self.freshness = freshness
@@ -243,7 +256,12 @@ class Follower:
         """One stream, until it ends or fails. Returns whether anything arrived."""
         self._staging = None  # a snapshot cut off mid-way starts over
         after = self.index.position
-        async with grpc.aio.insecure_channel(self.upstream) as channel:
+        channel = (
+            grpc.aio.secure_channel(self.upstream, self.credentials)
+            if self.credentials
+            else grpc.aio.insecure_channel(self.upstream)
+        )
+        async with channel:
             call = replication_pb2_grpc.ReplicationServiceStub(channel).StreamIndex(
                 rpb.StreamIndexRequest(after_position=after)
             )
@@ -290,29 +308,40 @@ class FollowerServer:
     """`edgekeys serve --follow HOST:PORT`: same start/stop/wait/port as EdgeKeysServer.
     ApiKeyService and AuditService are not served here (UNIMPLEMENTED)."""
 
-    def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock = utc_now,
+        upstream_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.settings = settings
         self.index = ValidationIndex()
         self.feed = Feed()
         self.freshness = Freshness(settings.follow, settings.max_staleness)
-        self.follower = Follower(settings.follow, self.index, self.feed, self.freshness)
+        self.follower = Follower(
+            settings.follow, self.index, self.feed, self.freshness, upstream_credentials
+        )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
+        self.gate = exposure.gate(settings)
         rpc.register(
             self.server,
             ValidationService(self.index, clock, self.freshness),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
+            rpc.Access("gateway", self.gate),
             lossy=True,
         )
         rpc.register(
             self.server,
             AuthorizationService(self.index, clock, self.freshness),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
+            rpc.Access("gateway", self.gate),
         )
         rpc.register(
             self.server,
             ReplicationService(self.index, self.feed, self._status, self.follower.live),
             rpb.DESCRIPTOR.services_by_name["ReplicationService"],
+            rpc.Access("follower", self.gate),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -324,13 +353,15 @@ class FollowerServer:
     async def start(self) -> int:
         """Serve at once, NOT_SERVING until the upstream's index has arrived whole.
         Returns the bound port."""
-        self.port = self.server.add_insecure_port(self.settings.address)
+        self.port = exposure.bind(self.server, self.settings)
         await self._set_serving(False)
         await self.server.start()
         self._tasks = [
             asyncio.create_task(self.follower.run()),
             asyncio.create_task(self._watch()),
         ]
+        if self.gate is not None:
+            self._tasks.append(asyncio.create_task(exposure.watch(self.gate)))
         log.info(
             "edgekeys edge follower serving on %s, following %s (max staleness %g s)",
             self.settings.address.rsplit(":", 1)[0] + f":{self.port}",

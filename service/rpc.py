@@ -1,5 +1,7 @@
 """Registers servicers with the gRPC server, so that in one place:
 
+- every call is admitted by the callers gate (role) and refused fast while the store
+  it needs is unreachable, before its handler runs;
 - a request body that does not decode becomes INVALID_ARGUMENT naming the field (grpc's
   own handling would answer UNKNOWN);
 - domain errors and request-check errors raised by a handler become their statuses
@@ -20,8 +22,9 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from service.callers import Gate
 from service.domain import DomainError
-from service.errors import InvalidArgument, StoreUnavailable, to_status
+from service.errors import CallerRejected, InvalidArgument, StoreUnavailable, to_status
 
 _LENGTH_DELIMITED = 2
 # What the database drivers raise when the database cannot be reached (or, for SQLite,
@@ -42,18 +45,35 @@ class Undecodable:
     error: InvalidArgument
 
 
+@dataclass(frozen=True)
+class Access:
+    """What a service asks of each call before its handler runs: an admitted caller
+    with `role` (when there is a gate), then a reachable store (when `available`)."""
+
+    role: str
+    gate: Gate | None = None
+    available: Callable[[], bool] | None = None
+
+    def check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.gate is not None:
+            self.gate.admit(context, self.role)
+        if self.available is not None and not self.available():
+            raise StoreUnavailable()
+        if isinstance(request, Undecodable):
+            raise request.error
+        return request
+
+
 def register(
     server: grpc.aio.Server,
     servicer: Any,
     service: ServiceDescriptor,
+    access: Access,
     *,
     lossy: bool = False,
-    available: Callable[[], bool] | None = None,
 ) -> None:
-    """Serve every method of `service` with the same-named method of `servicer`.
-
-    With `available`, a call made while it answers False fails at once with
-    UNAVAILABLE: the service needs the store, and the store is known to be unreachable.
+    """Serve every method of `service` with the same-named method of `servicer`,
+    each call first passing `access`.
 
     With `lossy`, string fields that are not UTF-8 arrive with U+FFFD in place of the
     bad bytes instead of failing the request: right for ValidationService, where any
@@ -71,7 +91,7 @@ def register(
         )
         wrap = _streaming if method.server_streaming else _unary
         handlers[method.name] = make_handler(
-            wrap(behaviour, available),
+            wrap(behaviour, access.check),
             request_deserializer=_decoder(request_class, lossy),
             response_serializer=response_class.SerializeToString,
         )
@@ -80,33 +100,24 @@ def register(
     )
 
 
-def _unary(
-    behaviour: Callable[..., Any], available: Callable[[], bool] | None
-) -> Callable[..., Any]:
+Check = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+def _unary(behaviour: Callable[..., Any], check: Check) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _statuses(context):
-            return await behaviour(_decoded(request, available), context)
+            return await behaviour(check(request, context), context)
 
     return handle
 
 
-def _streaming(
-    behaviour: Callable[..., AsyncIterator[Any]], available: Callable[[], bool] | None
-) -> Callable[..., Any]:
+def _streaming(behaviour: Callable[..., AsyncIterator[Any]], check: Check) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _statuses(context):
-            async for response in behaviour(_decoded(request, available), context):
+            async for response in behaviour(check(request, context), context):
                 yield response
 
     return handle
-
-
-def _decoded(request: Any, available: Callable[[], bool] | None) -> Any:
-    if available is not None and not available():
-        raise StoreUnavailable()
-    if isinstance(request, Undecodable):
-        raise request.error
-    return request
 
 
 class _statuses:
@@ -122,7 +133,7 @@ class _statuses:
         return None
 
     async def __aexit__(self, kind: object, error: BaseException | None, trace: object) -> None:
-        if isinstance(error, DomainError | InvalidArgument | StoreUnavailable):
+        if isinstance(error, DomainError | InvalidArgument | StoreUnavailable | CallerRejected):
             await self.context.abort_with_status(to_status(error))
         elif isinstance(error, _UNREACHABLE):
             log.warning("the store failed during a request: %s", error)

@@ -1,7 +1,6 @@
 """Assembles the service: event store, projections, gRPC servicers, health, reflection."""
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime
@@ -16,7 +15,7 @@ from projections.audit import AuditLog
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector
-from service import rpc
+from service import exposure, rpc
 from service.api import ApiKeyService, ValidationService
 from service.application import Clock, KeyStore, utc_now
 from service.audit import AuditService, Feed
@@ -60,28 +59,31 @@ class EdgeKeysServer:
         # Fail-static: while the shared store is unreachable, what needs it fails fast
         # with UNAVAILABLE and validation goes on answering from memory.
         self.store_available = True
+        self.gate = exposure.gate(settings)
         rpc.register(
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer),
             api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"],
-            available=self._store_available,
+            rpc.Access("admin", self.gate, self._store_available),
         )
         rpc.register(
             self.server,
             ValidationService(self.index, clock),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
+            rpc.Access("gateway", self.gate),
             lossy=True,
         )
         rpc.register(
             self.server,
             AuditService(self.keys, self.audit, self.feed),
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
-            available=self._store_available,
+            rpc.Access("auditor", self.gate, self._store_available),
         )
         rpc.register(
             self.server,
             AuthorizationService(self.index, clock),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
+            rpc.Access("gateway", self.gate),
         )
         rpc.register(
             self.server,
@@ -94,6 +96,7 @@ class EdgeKeysServer:
                 live=lambda: self.last_sync is not None and self.store_available,
             ),
             replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"],
+            rpc.Access("follower", self.gate),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -105,11 +108,12 @@ class EdgeKeysServer:
         self._listener: StoreListener | None = None
         self._poller: asyncio.Task[None] | None = None
         self._verifier: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Serve, NOT_SERVING until the projections have caught up with the store as it
         was at start, then SERVING. Returns the bound port."""
-        self.port = self.server.add_insecure_port(self.settings.address)
+        self.port = exposure.bind(self.server, self.settings)
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._follow_notifications()
@@ -118,6 +122,8 @@ class EdgeKeysServer:
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())
         self._verifier = asyncio.create_task(self._verify())
+        if self.gate is not None:
+            self._watcher = asyncio.create_task(exposure.watch(self.gate))
         log.info(
             "edgekeys serving on %s (store %s, %d live keys)",
             self.settings.address.rsplit(":", 1)[0] + f":{self.port}",
@@ -130,7 +136,7 @@ class EdgeKeysServer:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.feed.close()
         self.index_feed.close()
-        for task in (self._poller, self._verifier):
+        for task in (self._poller, self._verifier, self._watcher):
             if task:
                 task.cancel()
         if self._listener:
@@ -212,9 +218,12 @@ class EdgeKeysServer:
         """Catch up when the store notifies a commit or, as a safety net, every poll
         interval: changes made by other processes on the same store."""
         failing = False
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            # A timer, not wait_for: an idle poll raises no TimeoutError every interval.
+            timer = loop.call_later(self.settings.poll_interval, self._wake.set)
+            await self._wake.wait()
+            timer.cancel()
             self._wake.clear()
             if not self.store_available:
                 continue  # the listener wakes us when it reconnects

@@ -45,6 +45,7 @@ class RunningServer:
     database: Path
     clock: FakeClock
     database_url: str = ""  # instead of the SQLite file `database`
+    options: dict[str, Any] = field(default_factory=dict)  # more Settings
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _server: EdgeKeysServer | None = None
     _thread: threading.Thread | None = None
@@ -52,7 +53,9 @@ class RunningServer:
 
     def start(self) -> "RunningServer":
         settings = Settings(
-            address="127.0.0.1:0", database_url=self.database_url or f"sqlite:///{self.database}"
+            address="127.0.0.1:0",
+            database_url=self.database_url or f"sqlite:///{self.database}",
+            **self.options,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

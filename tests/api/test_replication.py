@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -22,12 +22,13 @@ from edgekeys.v1 import replication_pb2 as rpb
 from edgekeys.v1 import validation_pb2 as vpb
 from projections import index
 from service import keyformat, replication
+from service.client import Credentials
 from service.config import Settings
 from service.replication import FollowerServer
 from tests.conftest import START, FakeClock, RunningServer
 from tests.e2e.conftest import free_port
+from tests.waiting import eventually
 
-T = TypeVar("T")
 LLAMA = "projects/acme/deployments/llama"
 MISTRAL = "projects/acme/deployments/mistral"
 ACTIVE, DELETED = rpb.IndexChange.STATE_ACTIVE, rpb.IndexChange.STATE_DELETED
@@ -262,7 +263,12 @@ def test_a_store_replica_reports_its_position_and_the_head(running: RunningServe
 class RunningFollower:
     """A FollowerServer on its own event loop thread."""
 
-    def __init__(self, upstream_port: int, max_staleness: float = 900.0) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        max_staleness: float = 900.0,
+        credentials: Credentials | None = None,  # to reach the upstream
+    ) -> None:
         self.upstream = f"127.0.0.1:{upstream_port}"
         settings = Settings(
             address="127.0.0.1:0", follow=self.upstream, max_staleness=max_staleness
@@ -272,7 +278,8 @@ class RunningFollower:
         self._thread.start()
 
         async def start() -> FollowerServer:
-            server = FollowerServer(settings)
+            reach = credentials.channel(self.upstream) if credentials else None
+            server = FollowerServer(settings, upstream_credentials=reach)
             await server.start()
             return server
 
@@ -313,13 +320,6 @@ def followers() -> Iterator[Callable[..., RunningFollower]]:
     yield start
     for follower in reversed(started):
         follower.stop()
-
-
-def eventually(probe: Callable[[], T], expected: T, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while (found := probe()) != expected:
-        assert time.monotonic() < deadline, f"still {found!r}, not {expected!r}"
-        time.sleep(0.02)
 
 
 def test_a_follower_of_a_follower_validates_what_the_store_holds(

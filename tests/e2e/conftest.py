@@ -9,7 +9,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import pytest
@@ -27,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PROJECT = "projects/acme"
 LLAMA = f"{PROJECT}/deployments/llama"
-T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -244,12 +242,3 @@ def nodes() -> Iterator[Callable[[ServeProcess, Path | None], Node]]:
     yield make
     for node in made:
         node.close()
-
-
-def eventually(probe: Callable[[], T], expected: T, within: float = 20) -> float:
-    """Seconds until `probe()` returns `expected`; fails after `within` seconds."""
-    start = time.monotonic()
-    while (found := probe()) != expected:
-        assert time.monotonic() - start < within, f"still {found!r}, not {expected!r}"
-        time.sleep(0.01)
-    return time.monotonic() - start

@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
-from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess, eventually
+from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess
+from tests.waiting import eventually
 
 T = TypeVar("T")
 MISTRAL = f"{PROJECT}/deployments/mistral"

@@ -18,9 +18,10 @@ from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from service.listener import APPLICATION_NAME
-from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess, eventually
+from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess
 from tests.postgres import fresh_database, terminate
 from tests.tcp_proxy import TcpProxy
+from tests.waiting import eventually
 
 MISTRAL = f"{PROJECT}/deployments/mistral"
 
