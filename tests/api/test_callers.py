@@ -7,20 +7,13 @@ import argparse
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
-from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
-from google.protobuf.message_factory import GetMessageClass
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc, replication_pb2_grpc, validation_pb2_grpc
@@ -30,17 +23,10 @@ from edgekeys.v1 import validation_pb2 as vpb
 from service import callers, config, exposure
 from service.cli import main
 from service.config import Settings
+from tests.calls import Metadata, Target, bearer, outcomes
 from tests.conftest import FakeClock, RunningServer
 from tests.waiting import eventually
 
-ROLE_OF = {  # the role each registered service asks for; a new service must be added
-    "edgekeys.v1.ApiKeyService": "admin",
-    "edgekeys.v1.ValidationService": "gateway",
-    "edgekeys.v1.AuditService": "auditor",
-    "edgekeys.v1.ReplicationService": "follower",
-    "envoy.service.auth.v3.Authorization": "gateway",
-}
-OPEN = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 # name → (roles, projects); every scoped caller may touch acme only
 CAST = {
     "root": (list(callers.ROLES), ["*"]),
@@ -61,13 +47,27 @@ class Guarded:
     other_key: pb.CreateApiKeyResponse
     acme_key: pb.CreateApiKeyResponse
 
-    def metadata(self, caller: str) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.tokens[caller]}")]
+    def metadata(self, caller: str) -> Metadata:
+        return bearer(self.tokens[caller])
 
     @property
     def channel(self) -> grpc.Channel:
         assert self.server.channel is not None
         return self.server.channel
+
+    def outcomes(self, metadata_for: Callable[[str], Metadata]) -> dict[str, list[Message] | str]:
+        """Every method, aimed at the other project: its responses, or its status code."""
+        other = self.other_key
+        target = Target("projects/other", other.api_key.name, other.secret, OTHER_LLAMA)
+        return {
+            method: outcome if isinstance(outcome, list) else _code(outcome)
+            for method, outcome in outcomes(self.channel, target, metadata_for).items()
+        }
+
+
+def _code(error: Exception) -> str:
+    assert isinstance(error, grpc.RpcError)
+    return str(error.code().name)
 
 
 def write_callers(path: Path, cast: dict[str, tuple[list[str], list[str]]]) -> dict[str, str]:
@@ -107,94 +107,17 @@ def guarded(tmp_path: Path, clock: FakeClock, store: str) -> Iterator[Guarded]:
     server.stop()
 
 
-def registered_methods(channel: grpc.Channel) -> list[MethodDescriptor]:
-    database = ProtoReflectionDescriptorDatabase(channel)
-    pool = DescriptorPool(database)
-    services = set(database.get_services()) - OPEN
-    assert services == set(ROLE_OF)  # a new service must say which role it needs
-    return [method for name in services for method in pool.FindServiceByName(name).methods]
-
-
-def aimed_at_other_project(descriptor: Descriptor, guarded: Guarded, depth: int = 0) -> Message:
-    """A request whose every resource field names the other project (its key, its
-    deployment, its secret), found by field name: no method is special-cased."""
-    values = {
-        "parent": "projects/other",
-        "name": guarded.other_key.api_key.name,
-        "deployment": OTHER_LLAMA,
-        "deployments": OTHER_LLAMA,
-        "secret": guarded.other_key.secret,
-        "display_name": "renamed",
-    }
-    maps = {
-        "context_extensions": {"deployment": OTHER_LLAMA},
-        "headers": {"x-api-key": guarded.other_key.secret},
-    }
-    message = GetMessageClass(descriptor)()
-    for field in descriptor.fields:
-        target = getattr(message, field.name)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            target.update(maps.get(field.name, {}))
-        elif field.message_type is not None and depth < 6:
-            inner = aimed_at_other_project(field.message_type, guarded, depth + 1)
-            if inner.ByteSize():
-                (target.add() if field.is_repeated else target).CopyFrom(inner)
-        elif field.type == FieldDescriptor.TYPE_STRING and field.name in values:
-            if field.is_repeated:
-                target.append(values[field.name])
-            else:
-                setattr(message, field.name, values[field.name])
-    return message
-
-
-def call(
-    channel: grpc.Channel, method: MethodDescriptor, request: Message, metadata: Any
-) -> list[Message]:
-    """The responses (a stream is read for a second), or the RpcError raised."""
-    path = f"/{method.containing_service.full_name}/{method.name}"
-    decode = GetMessageClass(method.output_type).FromString
-    coding = {
-        "request_serializer": type(request).SerializeToString,
-        "response_deserializer": decode,
-    }
-    if not method.server_streaming:
-        unary = channel.unary_unary(path, **coding)
-        return [unary(request, metadata=metadata, timeout=10)]
-    received: list[Message] = []
-    stream = channel.unary_stream(path, **coding)(request, metadata=metadata, timeout=1)
-    try:
-        received.extend(stream)
-    except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise
-    return received
-
-
-def outcomes(guarded: Guarded, metadata_for: Any) -> dict[str, Any]:
-    """method path → status code name, or the responses when the call succeeded."""
-    results: dict[str, Any] = {}
-    for method in registered_methods(guarded.channel):
-        role = ROLE_OF[method.containing_service.full_name]
-        request = aimed_at_other_project(method.input_type, guarded)
-        key = f"{method.containing_service.name}/{method.name}"
-        try:
-            results[key] = call(guarded.channel, method, request, metadata_for(role))
-        except grpc.RpcError as error:
-            results[key] = error.code().name
-    return results
-
-
 def test_every_method_wants_a_token(guarded: Guarded) -> None:
-    refused = outcomes(guarded, lambda role: [])
+    refused = guarded.outcomes(lambda role: [])
     assert set(refused.values()) == {"UNAUTHENTICATED"}, refused
 
 
 def test_every_method_refuses_an_unknown_token(guarded: Guarded) -> None:
     wrong = [("authorization", "Bearer " + callers.new_token()[0])]
-    refused = outcomes(guarded, lambda role: wrong)
+    refused = guarded.outcomes(lambda role: wrong)
     assert set(refused.values()) == {"UNAUTHENTICATED"}, refused
     not_bearer = [("authorization", f"Basic {guarded.tokens['root']}")]
-    refused = outcomes(guarded, lambda role: not_bearer)
+    refused = guarded.outcomes(lambda role: not_bearer)
     assert set(refused.values()) == {"UNAUTHENTICATED"}, refused
 
 
@@ -203,7 +126,7 @@ def test_every_method_refuses_a_caller_without_its_role(guarded: Guarded) -> Non
         caller = next(name for name in SCOPED if role not in CAST[name][0])
         return guarded.metadata(caller)
 
-    refused = outcomes(guarded, lacking)
+    refused = guarded.outcomes(lacking)
     assert set(refused.values()) == {"PERMISSION_DENIED"}, refused
 
 
@@ -212,7 +135,7 @@ def test_no_method_reveals_another_projects_keys(guarded: Guarded) -> None:
         return guarded.metadata(next(name for name in SCOPED if role in CAST[name][0]))
 
     other = guarded.other_key
-    for method, outcome in outcomes(guarded, scoped).items():
+    for method, outcome in guarded.outcomes(scoped).items():
         if isinstance(outcome, str):
             assert outcome in ("PERMISSION_DENIED", "NOT_FOUND"), (method, outcome)
             continue
