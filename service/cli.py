@@ -177,15 +177,16 @@ def _callers_add(arguments: argparse.Namespace) -> int:
         arguments.name, digest, sorted(set(arguments.role)), projects, arguments.tls_subject
     )
     path = Path(arguments.file)
-    existing = path.read_text() if path.exists() else ""
-    separator = "" if not existing else "\n" if existing.endswith("\n") else "\n\n"
     try:
+        existing = path.read_text() if path.exists() else ""
+        separator = "" if not existing else "\n" if existing.endswith("\n") else "\n\n"
         callers.Callers.parse(existing + separator + table, str(path))
-    except ValueError as error:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640), "a") as file:
+            file.write(separator + table)
+    except (OSError, ValueError) as error:
         print(f"edgekeys: {error}", file=sys.stderr)
         return 2
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640), "a") as file:
-        file.write(separator + table)
     if getattr(arguments, "json", False):
         print(json.dumps({"name": arguments.name, "token": token or ""}))
     elif token:
