@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -46,6 +46,7 @@ class RunningServer:
     clock: FakeClock
     database_url: str = ""  # instead of the SQLite file `database`
     options: dict[str, Any] = field(default_factory=dict)  # more Settings
+    token: str = ""  # sent on every call of `channel`
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _server: EdgeKeysServer | None = None
     _thread: threading.Thread | None = None
@@ -68,6 +69,8 @@ class RunningServer:
 
         self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self._server.port}")
+        if self.token:
+            self.channel = grpc.intercept_channel(self.channel, Bearer(self.token))
         return self
 
     def stop(self) -> None:
@@ -123,6 +126,46 @@ class RunningServer:
             )
         )
         return response
+
+
+class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer TOKEN` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), self.metadata],
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, proceed: Any, details: Any, request: Any) -> Any:
+        return proceed(self._details(details), request)
+
+    def intercept_unary_stream(self, proceed: Any, details: Any, request: Any) -> Any:
+        return proceed(self._details(details), request)
+
+
+class _CallDetails(
+    NamedTuple(
+        "_CallDetails",
+        [
+            ("method", str),
+            ("timeout", float | None),
+            ("metadata", Any),
+            ("credentials", Any),
+            ("wait_for_ready", Any),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,6 +3,8 @@ and a mistyped key costs no hashing and no lookup."""
 
 import logging
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -12,8 +14,8 @@ from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
 from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
-from service import keyformat
-from tests.conftest import RunningServer
+from service import callers, keyformat
+from tests.conftest import FakeClock, RunningServer
 
 LLAMA = "projects/acme/deployments/llama"
 OURS = ("/service/", "/projections/")
@@ -73,9 +75,26 @@ def secrets_of_every_verdict(running: RunningServer) -> list[str]:
     ]
 
 
+@pytest.fixture(params=["anonymous", "with a callers file"])
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Iterator[RunningServer]:
+    """The server as `make run` starts it, or admitting one token with every role."""
+    options, token = {}, ""
+    if request.param != "anonymous":
+        token, digest = callers.new_token()
+        path = tmp_path / "callers.toml"
+        path.write_text(callers.caller_table("everyone", digest, callers.ROLES, ["*"], None))
+        options = {"callers_file": str(path)}
+    server = RunningServer(tmp_path / "edgekeys.db", clock, options=options, token=token)
+    yield server.start()
+    server.stop()
+
+
 def test_validation_and_check_touch_no_database_and_raise_nothing(
-    running: RunningServer, caplog: pytest.LogCaptureFixture
+    served: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    running = served
     secrets = secrets_of_every_verdict(running)
     authorization = external_auth_pb2_grpc.AuthorizationStub(running.channel)
     observer = Observer()
