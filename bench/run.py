@@ -33,6 +33,7 @@ from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from service import callers
 from tests.e2e.conftest import ServeProcess
 
 LLAMA = "projects/acme/deployments/llama-3"
@@ -48,10 +49,12 @@ def grpc_frame(message: Message) -> bytes:
     return b"\0" + struct.pack(">I", len(body)) + body
 
 
-def h2load(address: str, method: str, payload: Path, seconds: int) -> float:
+def h2load(address: str, method: str, payload: Path, seconds: int, token: str = "") -> float:
     """Requests per second; every request must succeed."""
     command = ["h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", "4", "-m", "32"]
     command += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    if token:
+        command += ["-H", f"authorization: Bearer {token}"]
     command += ["-d", str(payload), f"http://{address}{method}"]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", output)
@@ -80,13 +83,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def create_key(address: str) -> tuple[str, str]:
+def create_key(address: str, token: str = "") -> tuple[str, str]:
     with grpc.insecure_channel(address) as channel:
         created = api_keys_pb2_grpc.ApiKeyServiceStub(channel).CreateApiKey(
             pb.CreateApiKeyRequest(
                 parent="projects/acme",
                 api_key=pb.ApiKey(display_name="bench", deployments=[LLAMA]),
-            )
+            ),
+            metadata=[("authorization", f"Bearer {token}")] if token else None,
         )
     return created.api_key.name, created.secret
 
@@ -178,12 +182,13 @@ def machine() -> str:
 
 
 def median_rates(
-    scenarios: dict[str, tuple[str, str, Path]], rounds: int, seconds: int
+    scenarios: dict[str, tuple[str, str, Path, str]], rounds: int, seconds: int
 ) -> dict[str, float]:
+    """Scenarios: name → (address, method, payload file, bearer token or "")."""
     rates: dict[str, list[float]] = {name: [] for name in scenarios}
     for round_number in range(rounds):
-        for name, (address, method, payload) in scenarios.items():
-            rates[name].append(h2load(address, method, payload, seconds))
+        for name, (address, method, payload, token) in scenarios.items():
+            rates[name].append(h2load(address, method, payload, seconds, token))
         print(
             f"  round {round_number + 1}: "
             + ", ".join(f"{n} {r[-1]:,.0f}/s" for n, r in rates.items()),
@@ -207,13 +212,20 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="edgekeys-bench-"))
     one = ServeProcess(workdir / "one.db")
     two = ServeProcess(workdir / "two.db", workers="2")
-    one.start()
-    two.start()
+    token, digest = callers.new_token()
+    (workdir / "callers.toml").write_text(
+        callers.caller_table("bench", digest, callers.ROLES, ["*"], None)
+    )
+    guarded = ServeProcess(workdir / "guarded.db", callers_file=str(workdir / "callers.toml"))
+    servers = (one, two, guarded)
+    for server in servers:
+        server.start()
     figures: dict[str, Any] = {"machine": machine(), "date": datetime.now(UTC).isoformat()}
     checks: list[tuple[str, float, float]] = []
     try:
         _, secret = create_key(one.address)
         _, secret_two = create_key(two.address)
+        _, secret_guarded = create_key(guarded.address, token)
         valid = vpb.ValidateApiKeyRequest(secret=secret, deployment=LLAMA)
         payloads: dict[str, Message] = {
             "health": health_pb2.HealthCheckRequest(),
@@ -221,6 +233,7 @@ def main() -> int:
             "check": check_request(secret),
             "validate_many": vpb.ValidateApiKeysRequest(requests=[valid] * BATCH),
             "validate_two": vpb.ValidateApiKeyRequest(secret=secret_two, deployment=LLAMA),
+            "validate_token": vpb.ValidateApiKeyRequest(secret=secret_guarded, deployment=LLAMA),
         }
         files = {}
         for name, message in payloads.items():
@@ -230,11 +243,12 @@ def main() -> int:
         print("throughput (h2load, 4 connections x 32 streams)", file=sys.stderr)
         rates = median_rates(
             {
-                "health": (one.address, HEALTH, files["health"]),
-                "validate": (one.address, VALIDATE, files["validate"]),
-                "check": (one.address, CHECK, files["check"]),
-                "validate_many": (one.address, VALIDATE_MANY, files["validate_many"]),
-                "validate_2_workers": (two.address, VALIDATE, files["validate_two"]),
+                "health": (one.address, HEALTH, files["health"], ""),
+                "validate": (one.address, VALIDATE, files["validate"], ""),
+                "check": (one.address, CHECK, files["check"], ""),
+                "validate_many": (one.address, VALIDATE_MANY, files["validate_many"], ""),
+                "validate_2_workers": (two.address, VALIDATE, files["validate_two"], ""),
+                "validate_with_token": (guarded.address, VALIDATE, files["validate_token"], token),
             },
             options.rounds,
             options.seconds,
@@ -252,6 +266,11 @@ def main() -> int:
                 "2 workers / 1 worker, ValidateApiKey req/s",
                 rates["validate_2_workers"] / rates["validate"],
                 0,
+            ),
+            (
+                "ValidateApiKey with a caller token / without, req/s",
+                rates["validate_with_token"] / rates["validate"],
+                0.9,
             ),
         ]
 
@@ -278,8 +297,8 @@ def main() -> int:
             "changes": len(delays),
         }
     finally:
-        one.stop()
-        two.stop()
+        for server in servers:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nedgekeys bench: {figures['machine']}, {figures['date'][:10]}")
