@@ -20,6 +20,7 @@ from service.domain import StaleEtag
 from service.errors import InvalidArgument
 from service.freshness import Freshness
 from service.names import KeyName, deployment_project
+from service.ratelimit import FailureLimiter
 from service.writer import Writer
 
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
@@ -238,11 +239,16 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     """The gateways' hot path: memory only, no exception raised for a denial."""
 
     def __init__(
-        self, index: ValidationIndex, clock: Clock, freshness: Freshness | None = None
+        self,
+        index: ValidationIndex,
+        clock: Clock,
+        freshness: Freshness | None = None,
+        failures: FailureLimiter | None = None,
     ) -> None:
         self.index = index
         self.clock = clock
         self.freshness = freshness  # an edge follower's: refuse to answer once stale
+        self.failures = failures  # per end client (client_address)
 
     async def ValidateApiKey(
         self, request: vpb.ValidateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -274,7 +280,13 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     def _validate(
         self, request: vpb.ValidateApiKeyRequest, now: datetime, scope: Caller | None
     ) -> vpb.ValidateApiKeyResponse:
+        client = request.client_address
+        failures = self.failures
+        if client and failures is not None and failures.limited(client):
+            return _verdict(vpb.VERDICT_RATE_LIMITED, "", None)
         verdict, entry = self.index.check(request.secret, request.deployment, now)
+        if verdict != vpb.VERDICT_ALLOWED and client and failures is not None:
+            failures.failed(client)
         if entry is None:
             return _verdict(verdict, "", None)
         if scope is not None and not scope.may_touch(key_project(entry.name)):

@@ -28,6 +28,7 @@ from service.application import Clock
 from service.callers import key_project, scope
 from service.freshness import REASON, Freshness
 from service.names import deployment_project
+from service.ratelimit import FailureLimiter
 
 KEY_HEADER = "x-api-key"
 IDENTITY_HEADER = "x-edgekeys-api-key"
@@ -75,6 +76,13 @@ DENIALS = {
     ),
 }
 
+RATE_LIMITED = _denial(
+    429,
+    code_pb2.RESOURCE_EXHAUSTED,
+    "VERDICT_RATE_LIMITED",
+    "too many failed attempts from this client; retry later",
+)
+
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The secret from x-api-key, else from a Bearer authorization; None if neither.
@@ -99,11 +107,16 @@ def _stale(message: str) -> CheckResponse:
 
 class AuthorizationService:
     def __init__(
-        self, index: ValidationIndex, clock: Clock, freshness: Freshness | None = None
+        self,
+        index: ValidationIndex,
+        clock: Clock,
+        freshness: Freshness | None = None,
+        failures: FailureLimiter | None = None,
     ) -> None:
         self.index = index
         self.clock = clock
         self.freshness = freshness  # an edge follower's: deny with 503 once stale
+        self.failures = failures  # per end client: the request's source address
 
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext
@@ -119,7 +132,13 @@ class AuthorizationService:
             return MISSING
         if self.freshness is not None and self.freshness.stale():
             return _stale(self.freshness.explanation())
+        client = attributes.source.address.socket_address.address  # no port: one client
+        failures = self.failures
+        if client and failures is not None and failures.limited(client):
+            return RATE_LIMITED
         verdict, entry = self.index.check(secret, deployment, self.clock())
+        if verdict != vpb.VERDICT_ALLOWED and client and failures is not None:
+            failures.failed(client)
         if entry is not None and limited_to and not limited_to.may_touch(key_project(entry.name)):
             return DENIALS[vpb.VERDICT_NOT_FOUND]  # another project's key
         if verdict != vpb.VERDICT_ALLOWED or entry is None:

@@ -26,6 +26,7 @@ import grpc
 
 from service import names
 from service.errors import CallerRejected
+from service.ratelimit import FailureLimiter
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +206,12 @@ class Gate:
     every role in every project, named by its subject.
     """
 
-    def __init__(self, path: str | None, *, mtls: bool = False) -> None:
+    def __init__(
+        self, path: str | None, *, mtls: bool = False, failures: FailureLimiter | None = None
+    ) -> None:
         self.path = path
         self.mtls = mtls
+        self.failures = failures  # per peer address
         self.callers = Callers.load(path) if path else Callers({}, {})
         self._version = _version(path) if path else None
 
@@ -238,7 +242,19 @@ class Gate:
 
     def admit(self, context: grpc.aio.ServicerContext, role: str) -> Caller:
         """The caller of this RPC, if it has `role`; makes it `current()`."""
-        caller = self._authenticate(context)
+        try:
+            caller = self._authenticate(context)
+        except CallerRejected:
+            if self.failures is not None:
+                peer = _host(context.peer())
+                if self.failures.limited(peer):
+                    raise CallerRejected(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "TOO_MANY_FAILED_AUTHENTICATIONS",
+                        "too many failed authentications from this address; retry later",
+                    ) from None
+                self.failures.failed(peer)
+            raise
         if role not in caller.roles:
             raise CallerRejected(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -280,6 +296,13 @@ def _bearer(metadata: Sequence[tuple[str, Any]]) -> str | None:
 def _subject(context: grpc.aio.ServicerContext) -> str | None:
     found = context.auth_context().get("x509_subject")
     return found[0].decode() if found else None
+
+
+def _host(peer: str) -> str:
+    """The address of a gRPC peer (`ipv4:10.0.0.1:5000`, `ipv6:[::1]:5000`), no port."""
+    address = peer.partition(":")[2]
+    host, colon, port = address.rpartition(":")
+    return host.strip("[]") if colon and port.isdigit() else address
 
 
 def _version(path: str) -> tuple[int, int, int] | None:

@@ -25,6 +25,10 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     insecure: bool = False
+    failed_validation_rate: float = 1.0
+    failed_validation_burst: int = 100
+    failed_auth_rate: float = 1.0
+    failed_auth_burst: int = 100
 
     @staticmethod
     def env_name(field: str) -> str:
@@ -50,6 +54,13 @@ _HELP = {
     "its subject is the caller",
     "insecure": "listen on a non-loopback address with no callers file and no mTLS: anyone "
     "who reaches the port may manage every key",
+    "failed_validation_rate": "failed validations per second allowed per end client "
+    "(ValidateApiKey's client_address, Check's source address) once its burst is spent; "
+    "0: no limit",
+    "failed_validation_burst": "failed validations an end client may make in a row",
+    "failed_auth_rate": "failed caller authentications per second allowed per peer address "
+    "once its burst is spent; 0: no limit",
+    "failed_auth_burst": "failed caller authentications a peer address may make in a row",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
@@ -105,6 +116,10 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError("--max-staleness must be positive")
     if settings.follow and not _is_host_port(settings.follow):
         raise ValueError(f"--follow must be HOST:PORT, not {settings.follow!r}")
+    for name in ("failed_validation", "failed_auth"):
+        if getattr(settings, f"{name}_rate") < 0 or getattr(settings, f"{name}_burst") < 1:
+            flag = name.replace("_", "-")
+            raise ValueError(f"--{flag}-rate must be 0 or more and --{flag}-burst at least 1")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     if settings.tls_client_ca and not settings.tls_cert:

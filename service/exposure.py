@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 
 from service.callers import Gate
 from service.config import Settings, is_loopback
+from service.ratelimit import FailureLimiter, limiter
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,11 @@ log = logging.getLogger(__name__)
 def gate(settings: Settings) -> Gate | None:
     """The gate every call passes, or None when every caller is anonymous."""
     if settings.callers_file or settings.tls_client_ca:
-        guarded = Gate(settings.callers_file or None, mtls=bool(settings.tls_client_ca))
+        guarded = Gate(
+            settings.callers_file or None,
+            mtls=bool(settings.tls_client_ca),
+            failures=limiter(settings.failed_auth_rate, settings.failed_auth_burst),
+        )
         if not settings.tls_cert and not is_loopback(settings.address):
             log.warning(
                 "serving %s without TLS: bearer tokens cross the network in clear "
@@ -81,3 +86,8 @@ def _check_pem(chain: bytes, key: bytes, client_ca: bytes | None) -> None:
         serialization.load_pem_private_key(key, password=None)
     except (ValueError, TypeError):
         raise ValueError("--tls-key: not an unencrypted PEM private key") from None
+
+
+def validation_failures(settings: Settings) -> FailureLimiter | None:
+    """The limit on failed validations per end client, shared by ValidateApiKey and Check."""
+    return limiter(settings.failed_validation_rate, settings.failed_validation_burst)

@@ -324,16 +324,17 @@ class FollowerServer:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
         self.gate = exposure.gate(settings)
+        failures = exposure.validation_failures(settings)
         rpc.register(
             self.server,
-            ValidationService(self.index, clock, self.freshness),
+            ValidationService(self.index, clock, self.freshness, failures),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             rpc.Access("gateway", self.gate),
             lossy=True,
         )
         rpc.register(
             self.server,
-            AuthorizationService(self.index, clock, self.freshness),
+            AuthorizationService(self.index, clock, self.freshness, failures),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             rpc.Access("gateway", self.gate),
         )

@@ -60,6 +60,7 @@ class EdgeKeysServer:
         # with UNAVAILABLE and validation goes on answering from memory.
         self.store_available = True
         self.gate = exposure.gate(settings)
+        failures = exposure.validation_failures(settings)
         rpc.register(
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer),
@@ -68,7 +69,7 @@ class EdgeKeysServer:
         )
         rpc.register(
             self.server,
-            ValidationService(self.index, clock),
+            ValidationService(self.index, clock, failures=failures),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             rpc.Access("gateway", self.gate),
             lossy=True,
@@ -81,7 +82,7 @@ class EdgeKeysServer:
         )
         rpc.register(
             self.server,
-            AuthorizationService(self.index, clock),
+            AuthorizationService(self.index, clock, failures=failures),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             rpc.Access("gateway", self.gate),
         )

@@ -1,5 +1,6 @@
 """Real processes for end-to-end tests: `edgekeys serve`, started as the README does."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
 from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from tests.e2e.model_stub import ModelStub
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -242,3 +244,31 @@ def nodes() -> Iterator[Callable[[ServeProcess, Path | None], Node]]:
     yield make
     for node in made:
         node.close()
+
+
+@contextlib.contextmanager
+def envoy_in_front(
+    workdir: Path, *, configure: Callable[[str], str] = lambda config: config, **settings: str
+) -> Iterator[tuple[ServeProcess, EnvoyProcess]]:
+    """`edgekeys serve` with `settings`, a model stub, and Envoy in front of both, its
+    configuration (deploy/envoy/envoy.yaml) passed through `configure` first."""
+    model = ModelStub()
+    edgekeys = ServeProcess(workdir / "edgekeys.db", **settings)
+    edgekeys.start()
+    envoy = EnvoyProcess(workdir, edgekeys.port, model.port)
+    envoy.config.write_text(configure(envoy.config.read_text()))
+    try:
+        envoy.start()
+        yield edgekeys, envoy
+    finally:
+        envoy.stop()
+        edgekeys.stop()
+        model.close()
+
+
+def http_status(url: str, secret: str, source: str = "127.0.0.1") -> int:
+    """curl's status for a GET with `x-api-key`, from the loopback address `source`."""
+    command = ["curl", "--silent", "--output", "/dev/null", "--write-out", "%{http_code}"]
+    command += ["--interface", source, "--header", f"x-api-key: {secret}", url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+    return int(done.stdout)

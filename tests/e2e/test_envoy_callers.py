@@ -1,7 +1,6 @@
 """A real Envoy as a `gateway` caller of edgekeys: deploy/envoy/envoy.yaml with its
 commented `initial_metadata` line filled in with the gateway's token."""
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc
 from service import callers
 from tests.calls import bearer
-from tests.e2e.conftest import EnvoyProcess, ServeProcess
-from tests.e2e.model_stub import ModelStub
+from tests.e2e.conftest import EnvoyProcess, ServeProcess, envoy_in_front, http_status
 from tests.waiting import eventually
 
 COMMENTED = '# initial_metadata: [{ key: authorization, value: "Bearer ekc_…" }]'
@@ -41,11 +39,7 @@ class Guarded:
         return str(created.secret)
 
     def status(self, secret: str) -> int:
-        command = ["curl", "--silent", "--output", "/dev/null", "--write-out", "%{http_code}"]
-        command += [f"http://127.0.0.1:{self.envoy.port}/llama-3/v1/models"]
-        command += ["--header", f"x-api-key: {secret}"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
-        return int(done.stdout)
+        return http_status(f"http://127.0.0.1:{self.envoy.port}/llama-3/v1/models", secret)
 
 
 @pytest.fixture
@@ -57,18 +51,16 @@ def guarded(tmp_path: Path) -> Iterator[Guarded]:
         callers.caller_table("portal", admin_digest, ["admin"], ["*"], None)
         + callers.caller_table("envoy-acme", gateway_digest, ["gateway"], ["acme"], None)
     )
-    model = ModelStub()
-    edgekeys = ServeProcess(tmp_path / "edgekeys.db", callers_file=str(path))
-    edgekeys.start()
-    envoy = EnvoyProcess(tmp_path, edgekeys.port, model.port)
-    config = envoy.config.read_text()
-    assert COMMENTED in config
-    envoy.config.write_text(config.replace(COMMENTED, COMMENTED[2:].replace("ekc_…", gateway)))
-    envoy.start()
-    yield Guarded(edgekeys, envoy, path, admin)
-    envoy.stop()
-    edgekeys.stop()
-    model.close()
+
+    def with_token(config: str) -> str:
+        assert COMMENTED in config
+        return config.replace(COMMENTED, COMMENTED[2:].replace("ekc_…", gateway))
+
+    with envoy_in_front(tmp_path, configure=with_token, callers_file=str(path)) as (
+        edgekeys,
+        envoy,
+    ):
+        yield Guarded(edgekeys, envoy, path, admin)
 
 
 def test_envoy_sends_its_gateway_token_and_sees_only_its_projects_keys(
