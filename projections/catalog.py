@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.database import create_tables
 from service.domain import ApiKey
+from service.sealing import Sealer
 
 metadata = sa.MetaData()
 
@@ -34,8 +35,8 @@ keys = sa.Table(
     sa.Column("position", sa.BigInteger, nullable=False, unique=True),  # of KeyCreated
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("project", sa.String(63), nullable=False),
-    sa.Column("display_name", sa.String(63), nullable=False),
-    sa.Column("description", sa.String(300), nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),  # sealed with an encryption key
+    sa.Column("description", sa.Text, nullable=False),  # sealed with an encryption key
     sa.Column("deployments", sa.Text, nullable=False),  # JSON list, in attach order
     sa.Column("expire_time", sa.DateTime(timezone=True)),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
@@ -65,7 +66,7 @@ tracking = sa.Table(
 
 # The tracking row's name carries the catalog's layout version: a catalog of another
 # layout is dropped and rebuilt from the events (a read model is always disposable).
-PROJECTION = "catalog v2"
+PROJECTION = "catalog v3"
 
 
 class LiveKey(NamedTuple):
@@ -96,9 +97,24 @@ class KeyRecord:
     position: int
 
 
+class Words:
+    """Display names and descriptions as the catalog stores them: sealed (bound to their
+    key) when there is an encryption key, else as they are."""
+
+    def __init__(self, sealer: Sealer | None = None) -> None:
+        self.sealer = sealer
+
+    def stored(self, text: str, key_id: str) -> str:
+        return self.sealer.seal_text(text, key_id.encode()) if self.sealer else text
+
+    def shown(self, stored: str, key_id: str) -> str:
+        return self.sealer.open_text(stored, key_id.encode()) if self.sealer else stored
+
+
 class Catalog:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer | None = None) -> None:
         self.engine = engine
+        self.words = Words(sealer)
         create_tables(engine, metadata)
         with engine.connect() as conn, conn.execution_options(writing=True).begin():
             if _position(conn) is None:  # new, or of another layout
@@ -117,7 +133,7 @@ class Catalog:
         """Apply the events after the tracked position, and move it, atomically."""
         with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             position = _position(conn) or 0
-            created = _Creations()
+            created = _Creations(self.words)
             for event_position, event in events:
                 if event_position <= position:
                     continue
@@ -126,7 +142,7 @@ class Catalog:
                     created.add(position, event)
                 else:
                     created.flush(conn)  # rows the event may change
-                    _apply(conn, position, event)
+                    _apply(conn, position, event, self.words)
             created.flush(conn)
             conn.execute(
                 tracking.update().where(tracking.c.projection == PROJECTION),
@@ -201,7 +217,7 @@ class Catalog:
             )
             query = query.where(keys.c.id.in_(attached))
         with self.engine.connect() as conn:
-            return [_record(row) for row in conn.execute(query).mappings()]
+            return [_record(row, self.words) for row in conn.execute(query).mappings()]
 
 
 def _position(conn: Connection) -> int | None:
@@ -214,7 +230,8 @@ def _position(conn: Connection) -> int | None:
 class _Creations:
     """New keys, inserted many rows per statement."""
 
-    def __init__(self) -> None:
+    def __init__(self, words: Words) -> None:
+        self.words = words
         self.keys: list[dict[str, object]] = []
         self.deployments: list[dict[str, str]] = []
 
@@ -226,8 +243,8 @@ class _Creations:
                 "position": position,
                 "name": event.name,
                 "project": event.name.split("/")[1],
-                "display_name": event.display_name.shown,
-                "description": event.description.shown,
+                "display_name": self.words.stored(event.display_name.shown, key_id),
+                "description": self.words.stored(event.description.shown, key_id),
                 "deployments": json.dumps(event.deployments),
                 "expire_time": event.expire_time,
                 "create_time": event.timestamp,
@@ -249,7 +266,7 @@ class _Creations:
         self.keys, self.deployments = [], []
 
 
-def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
+def _apply(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
     """One event other than KeyCreated (see `_Creations`)."""
     key_id = event.originator_id.hex
     this_key = keys.c.id == key_id
@@ -260,15 +277,16 @@ def _apply(conn: Connection, position: int, event: ApiKey.Event) -> None:
     match event:
         case ApiKey.DetailsChanged():
             if event.display_name is not None:
-                changes["display_name"] = event.display_name.shown
+                changes["display_name"] = words.stored(event.display_name.shown, key_id)
             if event.description is not None:
-                changes["description"] = event.description.shown
+                changes["description"] = words.stored(event.description.shown, key_id)
         case ApiKey.ExpiryChanged():
             changes["expire_time"] = event.expire_time
         case ApiKey.KeyDeleted():
             changes["delete_time"] = event.timestamp
         case ApiKey.PersonalDataPurged():
-            changes.update(purge_time=event.timestamp, display_name="", description="")
+            erased = words.stored("", key_id)
+            changes.update(purge_time=event.timestamp, display_name=erased, description=erased)
         case ApiKey.DeploymentAttached() | ApiKey.DeploymentDetached():
             stored = conn.execute(sa.select(keys.c.deployments).where(this_key)).scalar()
             if stored is None:
@@ -298,14 +316,14 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def _record(row: sa.RowMapping) -> KeyRecord:
+def _record(row: sa.RowMapping, words: Words) -> KeyRecord:
     created = _utc(row["create_time"])
     modified = _utc(row["update_time"])
     assert created is not None and modified is not None
     return KeyRecord(
         name=row["name"],
-        display_name=row["display_name"],
-        description=row["description"],
+        display_name=words.shown(row["display_name"], row["id"]),
+        description=words.shown(row["description"], row["id"]),
         deployments=json.loads(row["deployments"]),
         expire_time=_utc(row["expire_time"]),
         created_on=created,

@@ -16,11 +16,12 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder
 
-from service import keyformat
+from service import keyformat, sealing
 from service.database import exclusive_setup, sql_engine, store_environment
 from service.domain import ApiKey, KeyAlreadyExists, KeyNotFound, StaleEtag
 from service.names import KeyName
 from service.personal_data import DataKeys, PersonalDataAsCiphertext
+from service.sealing import Sealer
 
 Clock = Callable[[], datetime]
 
@@ -37,6 +38,11 @@ UNCHANGED: Final = object()  # "leave the expiry as it is", as opposed to None: 
 # key stop colliding in step.
 MAX_ATTEMPTS = 12
 BACKOFF = 0.002  # seconds, doubled at each attempt, at most 0.1
+CIPHER = "eventsourcing.cryptography:AESCipher"
+
+
+class UnreadableStore(ValueError):
+    """The store's events do not decode with the encryption key given (or without one)."""
 
 
 def etag_of(version: int) -> str:
@@ -49,13 +55,38 @@ class KeyStore(Application[UUID]):
     # A snapshot every 100 versions keeps any revision of a long-lived key a short replay.
     snapshotting_intervals: ClassVar[dict[Any, int]] = {ApiKey: 100}
 
-    def __init__(self, database_url: str, clock: Clock) -> None:
+    def __init__(self, database_url: str, clock: Clock, encryption_key: str = "") -> None:
         environment = store_environment(database_url)  # creates the file's directory
+        self.encryption_key = sealing.parse_key(encryption_key) if encryption_key else None
+        if self.encryption_key:  # the library's AES-GCM for every event and snapshot
+            environment.update(CIPHER_TOPIC=CIPHER, CIPHER_KEY=encryption_key.strip())
         self.engine = sql_engine(database_url)  # for everything kept beside the store
         with exclusive_setup(self.engine):  # the library creates its tables here
-            self.data_keys = DataKeys(self.engine)
+            self.data_keys = DataKeys(self.engine, self.sealer("data keys"))
             super().__init__(env=environment)
         self.clock = clock
+        self._check_readable()
+
+    def sealer(self, purpose: str) -> Sealer | None:
+        """What seals values kept beside the store; None without an encryption key."""
+        return Sealer(self.encryption_key, purpose) if self.encryption_key else None
+
+    def _check_readable(self) -> None:
+        """Refuse to start on a store that the encryption key (or its absence) cannot
+        read, rather than fail at the first request."""
+        first = self.recorder.select_notifications(start=None, limit=1)
+        if not first:
+            return
+        try:
+            self.mapper.to_domain_event(first[0])
+        except Exception:
+            raise UnreadableStore(
+                "this store's events do not decrypt with the encryption key given: a wrong "
+                "key, or a store written without one"
+                if self.encryption_key
+                else "this store's events are encrypted: give the encryption key they were "
+                "written with"
+            ) from None
 
     @property
     def events_table(self) -> str:

@@ -18,7 +18,10 @@ from typing import Any
 import sqlalchemy.exc
 from eventsourcing import persistence
 
-from service import callers, client, config
+from service import callers, client, config, sealing
+from service.application import KeyStore, UnreadableStore, utc_now
+from service.database import redacted
+from service.migration import copy_store
 from service.replication import FollowerServer
 from service.server import EdgeKeysServer
 
@@ -32,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the gRPC API")
     config.add_arguments(serve)
     _add_callers_commands(commands, options)
+    _add_store_commands(commands)
     client.add_commands(commands, options)
     arguments = parser.parse_args(argv)
     if arguments.command == "callers":
         return _callers_add(arguments)
+    if arguments.command == "store":
+        return _store_copy(arguments)
     if arguments.command != "serve":
         return client.run(arguments)
     try:
@@ -45,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         if settings.workers > 1:
             return _supervise(settings, upstream)
         asyncio.run(_serve(settings, upstream))
+    except UnreadableStore as error:
+        print(f"edgekeys: cannot serve: {error} ({sealing.ENV})", file=sys.stderr)
+        return 2
     except (ValueError, RuntimeError) as error:
         print(f"edgekeys: cannot serve: {error}", file=sys.stderr)
         return 2
     except (sqlalchemy.exc.OperationalError, persistence.OperationalError) as error:
-        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-        print(f"edgekeys: cannot serve: the database is unreachable: {reason}", file=sys.stderr)
+        print(f"edgekeys: cannot serve: {_reason(error)}", file=sys.stderr)
         return 2
     return 0
 
@@ -134,6 +142,15 @@ async def _until_orphaned(supervisor: int) -> None:
     log.error("the supervisor (pid %d) is gone: stopping", supervisor)
 
 
+def _reason(error: Exception) -> str:
+    """One line for a start-up failure; a database driver's error says it is unreachable."""
+    if isinstance(error, ValueError):
+        return str(error)
+    return (
+        "the database is unreachable: " + str(getattr(error, "orig", None) or error).splitlines()[0]
+    )
+
+
 def _add_callers_commands(commands: Any, options: argparse.ArgumentParser) -> None:
     group = commands.add_parser("callers", help="who may call this edgekeys (the callers file)")
     verbs = group.add_subparsers(dest="verb", required=True)
@@ -197,6 +214,49 @@ def _callers_add(arguments: argparse.Namespace) -> int:
             "only its SHA-256 is kept: copy it now.",
             file=sys.stderr,
         )
+    return 0
+
+
+def _add_store_commands(commands: Any) -> None:
+    group = commands.add_parser("store", help="maintain an event store (edgekeys stopped)")
+    verbs = group.add_subparsers(dest="verb", required=True)
+    copy = verbs.add_parser(
+        "copy",
+        help="copy every event into a new, empty store, encrypted with "
+        f"{sealing.ENV} (the source's key, if any, in {SOURCE_KEY})",
+    )
+    copy.add_argument("--from", dest="source", required=True, help="database URL to read")
+    copy.add_argument("--to", dest="target", required=True, help="database URL of an empty store")
+
+
+SOURCE_KEY = "EDGEKEYS_SOURCE_ENCRYPTION_KEY"
+
+
+def _store_copy(arguments: argparse.Namespace) -> int:
+    def progress(copied: int, total: int) -> None:
+        print(f"\rcopied {copied:,} of {total:,} events", end="", file=sys.stderr, flush=True)
+
+    try:
+        try:
+            source = KeyStore(arguments.source, utc_now, os.environ.get(SOURCE_KEY, ""))
+        except UnreadableStore as error:
+            raise ValueError(f"the source store: {error} ({SOURCE_KEY})") from None
+        target = KeyStore(arguments.target, utc_now, os.environ.get(sealing.ENV, ""))
+        try:
+            events, data_keys = copy_store(source, target, progress)
+        finally:
+            source.close()
+            target.close()
+    except (ValueError, sqlalchemy.exc.OperationalError, persistence.OperationalError) as error:
+        print(f"\nedgekeys: cannot copy: {_reason(error)}", file=sys.stderr)
+        return 2
+    encrypted = "encrypted" if os.environ.get(sealing.ENV) else "NOT encrypted"
+    print(
+        f"\ncopied {events:,} events and {data_keys:,} data keys into "
+        f"{redacted(arguments.target)} ({encrypted}). Start edgekeys on it with the same "
+        f"{sealing.ENV}, then check it with VerifyAuditLog.",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -2,11 +2,14 @@
 set with the environment variable `EDGEKEYS_SOME_FLAG`; the flag wins."""
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
+
+from service import sealing
 
 ENV_PREFIX = "EDGEKEYS_"
 
@@ -29,6 +32,8 @@ class Settings:
     failed_validation_burst: int = 100
     failed_auth_rate: float = 1.0
     failed_auth_burst: int = 100
+    # Environment only (a command line is visible to every user), never logged.
+    encryption_key: str = dataclasses.field(default="", repr=False)
 
     @staticmethod
     def env_name(field: str) -> str:
@@ -65,8 +70,13 @@ _HELP = {
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
+ENV_ONLY = frozenset({"encryption_key"})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in fields(Settings):
+        if field.name in ENV_ONLY:
+            continue
         flag = "--" + field.name.replace("_", "-")
         env = Settings.env_name(field.name)
         if field.type is bool:
@@ -102,7 +112,12 @@ def _boolean(value: str | bool) -> bool:
 
 
 def from_arguments(arguments: argparse.Namespace) -> Settings:
-    values = {f.name: getattr(arguments, f.name) for f in fields(Settings)}
+    values = {
+        f.name: os.environ.get(Settings.env_name(f.name), "")
+        if f.name in ENV_ONLY
+        else getattr(arguments, f.name)
+        for f in fields(Settings)
+    }
     # argparse converts only values given on the command line; env defaults are strings.
     try:
         settings = Settings(**{f.name: _convert(f.type)(values[f.name]) for f in fields(Settings)})
@@ -124,6 +139,8 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError("--tls-cert and --tls-key go together")
     if settings.tls_client_ca and not settings.tls_cert:
         raise ValueError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+    if settings.encryption_key:
+        sealing.parse_key(settings.encryption_key)
     guarded = settings.callers_file or settings.tls_client_ca
     if not (guarded or settings.insecure or is_loopback(settings.address)):
         raise ValueError(

@@ -3,12 +3,14 @@
 Each API key gets a data key of its own (AES-256-GCM), kept in `personal_data_keys`
 beside the event store. Events hold only ciphertext; purging a key destroys its data
 key, so its events still replay and still verify (their bytes never change) but the
-words are gone for good.
+words are gone for good. With EDGEKEYS_ENCRYPTION_KEY the data keys are stored sealed
+under it (service.sealing), so a copy of the database alone does not open them.
 """
 
 import base64
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -19,13 +21,14 @@ from eventsourcing.persistence import Transcoding
 
 from service.database import create_tables
 from service.domain import PersonalData
+from service.sealing import Sealer
 
 _metadata = sa.MetaData()
 _keys = sa.Table(
     "personal_data_keys",
     _metadata,
     sa.Column("owner", sa.String(32), primary_key=True),  # the API key's aggregate ID, hex
-    sa.Column("data_key", sa.LargeBinary(32), nullable=False),
+    sa.Column("data_key", sa.LargeBinary, nullable=False),  # sealed with an encryption key
 )
 _NONCE = 12
 
@@ -33,8 +36,9 @@ _NONCE = 12
 class DataKeys:
     """Per-API-key data keys: created on first use, destroyed by `destroy`."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, sealer: Sealer | None = None) -> None:
         self.engine = engine
+        self.sealer = sealer  # with EDGEKEYS_ENCRYPTION_KEY: data keys are stored sealed
         create_tables(engine, _metadata)
         self._cache: dict[UUID, bytes | None] = {}
         self._lock = threading.Lock()
@@ -44,9 +48,10 @@ class DataKeys:
             if owner in self._cache:
                 return self._cache[owner]
         with self.engine.connect() as conn:
-            found = conn.execute(
+            stored = conn.execute(
                 sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
             ).scalar()
+        found = None if stored is None else self._opened(stored, owner)
         with self._lock:
             self._cache[owner] = found
         return found
@@ -61,11 +66,28 @@ class DataKeys:
                 sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
             ).scalar()
             if existing is None:
-                conn.execute(_keys.insert(), {"owner": owner.hex, "data_key": data_key})
-        data_key = existing or data_key
+                conn.execute(_keys.insert(), self._row(owner, data_key))
+        data_key = data_key if existing is None else self._opened(existing, owner)
         with self._lock:
             self._cache[owner] = data_key
         return data_key
+
+    def all(self) -> Iterator[tuple[UUID, bytes]]:
+        """Every data key (to copy a store)."""
+        with self.engine.connect() as conn:
+            for owner, stored in conn.execute(sa.select(_keys.c.owner, _keys.c.data_key)):
+                yield UUID(owner), self._opened(stored, UUID(owner))
+
+    def put(self, owner: UUID, data_key: bytes) -> None:
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
+            conn.execute(_keys.insert(), self._row(owner, data_key))
+
+    def _row(self, owner: UUID, data_key: bytes) -> dict[str, object]:
+        stored = self.sealer.seal(data_key, owner.bytes) if self.sealer else data_key
+        return {"owner": owner.hex, "data_key": stored}
+
+    def _opened(self, stored: bytes, owner: UUID) -> bytes:
+        return self.sealer.open(stored, owner.bytes) if self.sealer else stored
 
     def destroy(self, owner: UUID) -> None:
         """Idempotent. On SQLite the row is overwritten with zeros (secure_delete) and

@@ -44,8 +44,8 @@ SERVICES = (
 class EdgeKeysServer:
     def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.database_url, clock)
-        self.catalog = Catalog(self.keys.engine)
+        self.keys = KeyStore(settings.database_url, clock, settings.encryption_key)
+        self.catalog = Catalog(self.keys.engine, self.keys.sealer("catalog"))
         self.audit = AuditLog(self.keys.engine, self.keys.events_table)
         self.index = ValidationIndex()
         self.projector = Projector(self.keys, self.index, self.catalog, self.audit)

@@ -74,6 +74,9 @@ class RunningServer:
         return self
 
     def stop(self) -> None:
+        """Idempotent: a test may stop the server before its fixture does."""
+        if self._loop.is_closed():
+            return
         if self.channel is not None:
             self.channel.close()
         if self._server is not None:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
 from google.protobuf.message import Message
 
@@ -19,6 +18,7 @@ from service import callers, keyformat
 from tests.calls import Metadata, Target, bearer, outcomes
 from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess
 from tests.postgres import fresh_database
+from tests.stored import stored_bytes
 
 
 def forms(secret: str) -> set[str]:
@@ -46,24 +46,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with fresh_database() as url:
         yield url
-
-
-def stored_text(database_url: str, tmp_path: Path) -> bytes:
-    """Every byte edgekeys stored: its files, or every row of every table on Postgres."""
-    if database_url.startswith("sqlite"):
-        files = [f for f in (tmp_path / "store").iterdir() if f.is_file()]
-        assert any(f.name.endswith("-wal") for f in files) or files
-        return b"\n".join(f.read_bytes() for f in files)
-    rows = []
-    with psycopg.connect(database_url.replace("+psycopg", "")) as connection:
-        tables = connection.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-        ).fetchall()
-        assert len(tables) >= 4
-        for (table,) in tables:
-            query = f'SELECT row_to_json(t)::text FROM "{table}" t'  # bytea as \\x hex
-            rows += [row for (row,) in connection.execute(query)]
-    return "\n".join(rows).encode()
 
 
 def always(metadata: Metadata) -> Callable[[str], Metadata]:
@@ -128,7 +110,7 @@ def test_no_secret_or_token_leaks_anywhere(tmp_path: Path, database_url: str) ->
     everything = {
         "responses and errors": "\n".join(seen).encode(),
         "log": log.read_bytes(),
-        "stored": stored_text(database_url, tmp_path),
+        "stored": stored_bytes(database_url),
     }
     for secret in [*secrets, root, unknown]:
         for form in forms(secret):

@@ -1,10 +1,14 @@
 """`edgekeys serve` refuses settings it cannot use with one clear line and exit code 2,
 never a traceback, and never with the password of the URL."""
 
+import base64
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from service.application import KeyStore, utc_now
 from tests.e2e.conftest import BIN, ROOT, free_port
 
 
@@ -48,3 +52,34 @@ def test_settings_that_cannot_be_used_are_one_clear_line(flags: list[str], expec
     assert expected in last
     assert "Traceback" not in done.stderr
     assert "hunter2" not in done.stderr
+
+
+def test_a_store_is_served_only_with_the_key_it_was_written_with(tmp_path: Path) -> None:
+    key, other = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    for name, written_with in (("encrypted", key), ("plain", "")):
+        keys = KeyStore(f"sqlite:///{tmp_path / name}.db", utc_now, written_with)
+        keys.create_key("acme", "", "k", "", ["projects/acme/deployments/llama"], None)
+        keys.close()
+    cases = [
+        ("encrypted", "", "events are encrypted: give the encryption key"),
+        ("encrypted", other, "do not decrypt with the encryption key given"),
+        ("plain", key, "do not decrypt with the encryption key given"),
+        ("plain", "c2hvcnQ=", "must be 16, 24 or 32 bytes in base64"),
+    ]
+    for name, given, expected in cases:
+        done = subprocess.run(
+            [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0"],
+            env={
+                **os.environ,
+                "EDGEKEYS_DATABASE_URL": f"sqlite:///{tmp_path / name}.db",
+                "EDGEKEYS_ENCRYPTION_KEY": given,
+            },
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (name, done.stderr)
+        assert expected in done.stderr.splitlines()[-1]
+        assert "Traceback" not in done.stderr
+        assert all(k not in done.stderr for k in (key, other))

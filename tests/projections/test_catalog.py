@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from projections import catalog as catalog_module
-from projections.catalog import Catalog, KeyRecord
+from projections.catalog import Catalog, KeyRecord, Words
 from service import keyformat
 from service.domain import ApiKey
 from service.names import KeyName
@@ -291,11 +291,11 @@ def test_a_batch_failing_midway_leaves_no_rows_and_no_position(
     apply = catalog_module._apply
     calls: list[int] = []
 
-    def fail_on_second(conn: Connection, position: int, event: ApiKey.Event) -> None:
+    def fail_on_second(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
         calls.append(position)
         if len(calls) == 2:
             raise RuntimeError("the database went away")
-        apply(conn, position, event)
+        apply(conn, position, event, words)
 
     monkeypatch.setattr(catalog_module, "_apply", fail_on_second)
 
@@ -313,10 +313,10 @@ def test_a_failed_batch_is_applied_whole_when_retried(
     batch = log.take(*renamed_keys("key-one", "key-two"))
     apply = catalog_module._apply
 
-    def fail_on_second(conn: Connection, position: int, event: ApiKey.Event) -> None:
+    def fail_on_second(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
         if position == 4:
             raise RuntimeError("the database went away")
-        apply(conn, position, event)
+        apply(conn, position, event, words)
 
     monkeypatch.setattr(catalog_module, "_apply", fail_on_second)
     with pytest.raises(RuntimeError):

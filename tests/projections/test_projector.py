@@ -25,7 +25,7 @@ from projections import audit as audit_module
 from projections import catalog as catalog_module
 from projections import projector as projector_module
 from projections.audit import AuditLog
-from projections.catalog import Catalog
+from projections.catalog import Catalog, Words
 from projections.index import ValidationIndex
 from projections.projector import Projector
 from service.application import KeyStore
@@ -108,9 +108,9 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     positions: list[int] = []
     apply = catalog_module._apply
 
-    def recording(conn: Connection, position: int, event: ApiKey.Event) -> None:
+    def recording(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
         positions.append(position)
-        apply(conn, position, event)
+        apply(conn, position, event, words)
 
     add = catalog_module._Creations.add
 
