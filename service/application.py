@@ -39,6 +39,7 @@ UNCHANGED: Final = object()  # "leave the expiry as it is", as opposed to None: 
 MAX_ATTEMPTS = 12
 BACKOFF = 0.002  # seconds, doubled at each attempt, at most 0.1
 CIPHER = "eventsourcing.cryptography:AESCipher"
+READABLE_SAMPLE = 5  # events tried at each end of the store before serving it
 
 
 class UnreadableStore(ValueError):
@@ -73,20 +74,29 @@ class KeyStore(Application[UUID]):
 
     def _check_readable(self) -> None:
         """Refuse to start on a store that the encryption key (or its absence) cannot
-        read, rather than fail at the first request."""
-        first = self.recorder.select_notifications(start=None, limit=1)
-        if not first:
+        read, rather than fail at the first request. A few events of each end are
+        tried: one altered outside edgekeys is the audit check's to report, not this."""
+        head = self.recorder.max_notification_id()
+        if not head:
             return
-        try:
-            self.mapper.to_domain_event(first[0])
-        except Exception:
-            raise UnreadableStore(
-                "this store's events do not decrypt with the encryption key given: a wrong "
-                "key, or a store written without one"
-                if self.encryption_key
-                else "this store's events are encrypted: give the encryption key they were "
-                "written with"
-            ) from None
+        rows = [
+            *self.recorder.select_notifications(start=None, limit=READABLE_SAMPLE),
+            *self.recorder.select_notifications(
+                start=max(1, head - READABLE_SAMPLE + 1), limit=READABLE_SAMPLE
+            ),
+        ]
+        for row in rows:
+            try:
+                self.mapper.to_domain_event(row)
+            except Exception:
+                continue
+            return
+        raise UnreadableStore(
+            "this store's events do not decrypt with the encryption key given: a wrong "
+            "key, or a store written without one"
+            if self.encryption_key
+            else "this store's events are encrypted: give the encryption key they were written with"
+        )
 
     @property
     def events_table(self) -> str:
