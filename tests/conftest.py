@@ -197,3 +197,19 @@ def running(tmp_path: Path, clock: FakeClock, store: str) -> Iterator[RunningSer
     server = RunningServer(database=tmp_path / "edgekeys.db", clock=clock, database_url=store)
     yield server.start()
     server.stop()
+
+
+@pytest.fixture
+def serving(tmp_path: Path, clock: FakeClock, store: str) -> Iterator[Callable[..., RunningServer]]:
+    """Starts servers with more Settings (`options`), on `store` unless a URL is given;
+    stops them all at the end."""
+    started: list[RunningServer] = []
+
+    def start(database_url: str = "", **options: Any) -> RunningServer:
+        server = RunningServer(tmp_path / "edgekeys.db", clock, database_url or store, options)
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -15,7 +15,7 @@ from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from service.cli import main
-from tests.conftest import FakeClock, RunningServer
+from tests.conftest import RunningServer
 from tests.postgres import fresh_database
 from tests.stored import stored_bytes
 
@@ -24,20 +24,6 @@ pytestmark = pytest.mark.both_stores
 KEY = base64.b64encode(os.urandom(32)).decode()
 LLAMA = "projects/acme/deployments/llama"
 WORDS = ("Zanzibar Quokka Seven", "bills the Blue Harbour tenants", "Renamed Okapi Nine")
-
-
-@pytest.fixture
-def serving(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., RunningServer]]:
-    started: list[RunningServer] = []
-
-    def start(store: str, **options: Any) -> RunningServer:
-        server = RunningServer(tmp_path / "unused.db", clock, store, options).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def use(server: RunningServer) -> tuple[dict[str, Any], str]:
@@ -88,7 +74,7 @@ def words_stored(store: str) -> list[str]:
 def test_with_a_key_no_name_or_description_is_stored_readable(
     serving: Callable[..., RunningServer], store: str
 ) -> None:
-    server = serving(store, encryption_key=KEY)
+    server = serving(encryption_key=KEY)
     before, _ = use(server)
     assert before["listed"] == [(WORDS[2], WORDS[1], [LLAMA, "projects/acme/deployments/mistral"])]
     assert before["first_name"] == WORDS[0]
@@ -100,7 +86,7 @@ def test_with_a_key_no_name_or_description_is_stored_readable(
 def test_without_a_key_the_same_check_finds_the_words(
     serving: Callable[..., RunningServer], store: str
 ) -> None:
-    use(serving(store))
+    use(serving())
     # the catalog's current name and description (events hold them sealed per key)
     assert {WORDS[1], WORDS[2]} <= set(words_stored(store))
 
@@ -112,7 +98,7 @@ def test_an_existing_store_is_copied_into_an_encrypted_one_that_serves_the_same(
     monkeypatch: pytest.MonkeyPatch,
     fresh_store: str,
 ) -> None:
-    plain = serving(store)
+    plain = serving()
     before, secret = use(plain)
     plain.stop()
     monkeypatch.setenv("EDGEKEYS_ENCRYPTION_KEY", KEY)

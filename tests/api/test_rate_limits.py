@@ -2,12 +2,10 @@
 refused (VERDICT_RATE_LIMITED, 429 through Check) while every other client behind the
 same gateway goes on as before. Failed caller authentications are limited per peer."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
-import pytest
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
@@ -18,7 +16,7 @@ from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from service import callers
 from service.ratelimit import FailureLimiter
 from tests.calls import bearer
-from tests.conftest import FakeClock, RunningServer
+from tests.conftest import RunningServer
 
 LLAMA = "projects/acme/deployments/llama"
 ATTACKER, NEIGHBOUR = "203.0.113.7", "198.51.100.20"
@@ -62,20 +60,6 @@ def test_memory_stays_bounded_under_an_attacker_rotating_addresses() -> None:
     assert len(limiter) == 1000
     assert not limiter.limited("steady")  # forgotten: the oldest failure went first
     assert limiter.limited("10.0.19.135")  # the latest are kept
-
-
-@pytest.fixture
-def serving(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., RunningServer]]:
-    started: list[RunningServer] = []
-
-    def start(**options: Any) -> RunningServer:
-        server = RunningServer(tmp_path / "edgekeys.db", clock, options=options).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def verdict(server: RunningServer, secret: str, client: str = "") -> "vpb.Verdict":

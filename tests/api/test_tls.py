@@ -1,7 +1,7 @@
 """TLS and mTLS, with certificates made at run time: the API over TLS only, a client
 certificate's subject as the caller, and the CLI and edge followers as TLS clients."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from service.cli import main
 from service.client import Credentials
 from tests.api.test_replication import RunningFollower
 from tests.certs import Authority, Issued
-from tests.conftest import FakeClock, RunningServer
+from tests.conftest import RunningServer
 from tests.waiting import eventually
 
 LLAMA = "projects/acme/deployments/llama"
@@ -28,20 +28,6 @@ SUBJECT = "CN=portal-backend,O=Acme"  # as gRPC reports it: RFC 2253, most speci
 @pytest.fixture
 def authority(tmp_path: Path) -> Authority:
     return Authority(tmp_path)
-
-
-@pytest.fixture
-def serving(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., RunningServer]]:
-    started: list[RunningServer] = []
-
-    def start(**options: Any) -> RunningServer:
-        server = RunningServer(tmp_path / "edgekeys.db", clock, options=options).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def tls_options(authority: Authority, **more: Any) -> dict[str, Any]:
