@@ -77,7 +77,7 @@ def scope(project: str | None) -> Caller | None:
     allowed `project`, the deployment's), else None. A scoped gateway is told nothing
     of other projects' keys: they are VERDICT_NOT_FOUND to it."""
     caller = _current.get()
-    if ALL in caller.projects:
+    if caller.everywhere:
         return None
     return authorize(project or "")
 
