@@ -11,6 +11,7 @@ rows that index them, right after each event is committed, and never recomputed.
 """
 
 import hashlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +47,10 @@ audit_log = sa.Table(
 def event_type(topic: str) -> str:
     """`edgekeys:KeyCreated` → `KeyCreated`: the stable name auditors filter by."""
     return topic.rpartition(":")[2]
+
+
+class Interrupted(Exception):
+    """A verification stopped before its end."""
 
 
 def link(previous: bytes, row: Notification) -> bytes:
@@ -221,14 +226,18 @@ class AuditLog:
         project: str | None = None,
         checkpoint: tuple[int, bytes] | None = None,
         batch: int = 2000,
+        stop: threading.Event | None = None,
     ) -> Verification:
         """Recompute every link from the stored rows. Without a project, also check that
         each logged position still has its row and each row is logged; with one, check
-        the links of that project's events only."""
+        the links of that project's events only. Raises Interrupted once `stop` is set
+        (the server is stopping: a long check must not hold it up)."""
         checked = 0
         previous, head = GENESIS, 0
         logged_head = self.position
         for entry_project, position, stored_link, row in self._walk(batch):
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"the audit check stopped at position {position}")
             if stored_link is None and position > logged_head:
                 break  # committed after this check began, not logged yet
             if project is None or entry_project == project:

@@ -1,6 +1,7 @@
 """AuditService: history, revisions, the project log, a live feed, and verification."""
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import grpc
@@ -8,13 +9,13 @@ from eventsourcing.persistence import Notification
 
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
-from projections.audit import AuditLog, Entry, event_type
+from projections.audit import AuditLog, Entry, Interrupted, event_type
 from service import requests
 from service.api import api_key_message
 from service.application import KeyStore
 from service.callers import ALL, authorize
 from service.domain import ApiKey, KeyNotFound, PersonalData
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, unavailable
 
 DEFAULT_PAGE_SIZE = 100
 WATCH_BATCH = 500
@@ -50,10 +51,13 @@ class Feed:
 
 
 class AuditService(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, keys: KeyStore, audit: AuditLog, feed: Feed) -> None:
+    def __init__(
+        self, keys: KeyStore, audit: AuditLog, feed: Feed, stopping: threading.Event
+    ) -> None:
         self.keys = keys
         self.audit = audit
         self.feed = feed
+        self.stopping = stopping  # the server is stopping: VerifyAuditLog gives up
 
     async def ListApiKeyEvents(
         self, request: apb.ListApiKeyEventsRequest, context: grpc.aio.ServicerContext
@@ -168,7 +172,14 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             if len(digest) != 32 or request.checkpoint.position < 1:
                 raise InvalidArgument("checkpoint", "needs a position and a 64-hex-digit digest")
             checkpoint = (request.checkpoint.position, digest)
-        result = await asyncio.to_thread(self.audit.verify, project=project, checkpoint=checkpoint)
+        try:
+            result = await asyncio.to_thread(
+                self.audit.verify, project=project, checkpoint=checkpoint, stop=self.stopping
+            )
+        except Interrupted:
+            await context.abort_with_status(
+                unavailable("SERVER_STOPPING", "the server is stopping; verify again elsewhere")
+            )
         return apb.VerifyAuditLogResponse(
             ok=result.ok,
             first_bad_position=result.first_bad_position,

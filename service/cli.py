@@ -84,8 +84,9 @@ async def _serve(
         orphaned = asyncio.create_task(_until_orphaned(supervisor))
         orphaned.add_done_callback(lambda _: stopping.set())
     await stopping.wait()
-    log.info("stopping: finishing requests in flight")
-    await server.stop()
+    log.info("stopping: NOT_SERVING, up to %g s for requests in flight", settings.shutdown_grace)
+    await server.stop(settings.shutdown_grace)
+    log.info("stopped")
 
 
 def _supervise(settings: config.Settings, upstream: client.Credentials) -> int:

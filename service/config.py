@@ -23,6 +23,7 @@ class Settings:
     workers: int = 1
     follow: str = ""
     max_staleness: float = 900.0
+    shutdown_grace: float = 5.0
     callers_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -51,6 +52,8 @@ _HELP = {
     "no database",
     "max_staleness": "seconds a follower keeps validating without word from its upstream; "
     "after that it fails closed",
+    "shutdown_grace": "seconds requests in flight get to finish after SIGTERM (health turns "
+    "NOT_SERVING at once)",
     "callers_file": "TOML file of the callers allowed in (token digests, roles, projects); "
     "re-read on SIGHUP and when it changes",
     "tls_cert": "PEM certificate chain to serve TLS with (needs --tls-key)",
@@ -127,6 +130,8 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError("--workers must be at least 1")
     if settings.poll_interval <= 0:
         raise ValueError("--poll-interval must be positive")
+    if settings.shutdown_grace < 0:
+        raise ValueError("--shutdown-grace must be 0 or more")
     if not settings.max_staleness > 0:
         raise ValueError("--max-staleness must be positive")
     if settings.follow and not _is_host_port(settings.follow):

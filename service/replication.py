@@ -324,25 +324,26 @@ class FollowerServer:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
         self.gate = exposure.gate(settings)
+        self.inflight = rpc.InFlight()
         failures = exposure.validation_failures(settings)
         rpc.register(
             self.server,
             ValidationService(self.index, clock, self.freshness, failures),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
-            rpc.Access("gateway", self.gate),
+            rpc.Access("gateway", self.gate, inflight=self.inflight),
             lossy=True,
         )
         rpc.register(
             self.server,
             AuthorizationService(self.index, clock, self.freshness, failures),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
-            rpc.Access("gateway", self.gate),
+            rpc.Access("gateway", self.gate, inflight=self.inflight),
         )
         rpc.register(
             self.server,
             ReplicationService(self.index, self.feed, self._status, self.follower.live),
             rpb.DESCRIPTOR.services_by_name["ReplicationService"],
-            rpc.Access("follower", self.gate),
+            rpc.Access("follower", self.gate, inflight=self.inflight),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -376,7 +377,7 @@ class FollowerServer:
             task.cancel()
         await self._set_serving(False)
         self.feed.close()
-        await self.server.stop(grace)
+        await self.inflight.stop(self.server, grace)
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

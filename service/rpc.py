@@ -8,6 +8,7 @@
   (see ``service.errors``).
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -45,6 +46,24 @@ class Undecodable:
     error: InvalidArgument
 
 
+class InFlight:
+    """Unary calls being handled. Shutdown waits for these, not for streams: a client
+    watching health would otherwise hold every stop to its full grace period."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def stop(self, server: grpc.aio.Server, grace: float) -> None:
+        """Refuse new calls at once, give the unary calls in flight up to `grace`
+        seconds, then cancel what is left (long-lived streams)."""
+        refusing = asyncio.create_task(server.stop(grace))
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await server.stop(0)
+        await refusing
+
+
 @dataclass(frozen=True)
 class Access:
     """What a service asks of each call before its handler runs: an admitted caller
@@ -53,6 +72,7 @@ class Access:
     role: str
     gate: Gate | None = None
     available: Callable[[], bool] | None = None
+    inflight: InFlight | None = None
 
     def check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.gate is not None:
@@ -89,9 +109,10 @@ def register(
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
-        wrap = _streaming if method.server_streaming else _unary
         handlers[method.name] = make_handler(
-            wrap(behaviour, access.check),
+            _streaming(behaviour, access.check)
+            if method.server_streaming
+            else _unary(behaviour, access.check, access.inflight or InFlight()),
             request_deserializer=_decoder(request_class, lossy),
             response_serializer=response_class.SerializeToString,
         )
@@ -103,10 +124,14 @@ def register(
 Check = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def _unary(behaviour: Callable[..., Any], check: Check) -> Callable[..., Any]:
+def _unary(behaviour: Callable[..., Any], check: Check, inflight: InFlight) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _statuses(context):
-            return await behaviour(check(request, context), context)
+        inflight.count += 1
+        try:
+            async with _statuses(context):
+                return await behaviour(check(request, context), context)
+        finally:
+            inflight.count -= 1
 
     return handle
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -11,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgekeys.v1 import api_keys_pb2, audit_pb2, replication_pb2, validation_pb2
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
-from projections.audit import AuditLog
+from projections.audit import AuditLog, Interrupted
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector
@@ -50,6 +51,7 @@ class EdgeKeysServer:
         self.index = ValidationIndex()
         self.projector = Projector(self.keys, self.index, self.catalog, self.audit)
         self.feed = Feed()
+        self.stopping = threading.Event()  # set by stop(): long work gives up
         self.index_feed = Feed()  # wakes edge followers' streams (ReplicationService)
         self.writer = Writer(self.projector, self._projected)
         self.health = health.aio.HealthServicer()
@@ -60,31 +62,32 @@ class EdgeKeysServer:
         # with UNAVAILABLE and validation goes on answering from memory.
         self.store_available = True
         self.gate = exposure.gate(settings)
+        self.inflight = rpc.InFlight()
         failures = exposure.validation_failures(settings)
         rpc.register(
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer),
             api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"],
-            rpc.Access("admin", self.gate, self._store_available),
+            rpc.Access("admin", self.gate, self._store_available, self.inflight),
         )
         rpc.register(
             self.server,
             ValidationService(self.index, clock, failures=failures),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
-            rpc.Access("gateway", self.gate),
+            rpc.Access("gateway", self.gate, inflight=self.inflight),
             lossy=True,
         )
         rpc.register(
             self.server,
-            AuditService(self.keys, self.audit, self.feed),
+            AuditService(self.keys, self.audit, self.feed, self.stopping),
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
-            rpc.Access("auditor", self.gate, self._store_available),
+            rpc.Access("auditor", self.gate, self._store_available, self.inflight),
         )
         rpc.register(
             self.server,
             AuthorizationService(self.index, clock, failures=failures),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
-            rpc.Access("gateway", self.gate),
+            rpc.Access("gateway", self.gate, inflight=self.inflight),
         )
         rpc.register(
             self.server,
@@ -97,7 +100,7 @@ class EdgeKeysServer:
                 live=lambda: self.last_sync is not None and self.store_available,
             ),
             replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"],
-            rpc.Access("follower", self.gate),
+            rpc.Access("follower", self.gate, inflight=self.inflight),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -134,6 +137,9 @@ class EdgeKeysServer:
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
+        """NOT_SERVING at once; streams end; requests in flight get `grace` seconds;
+        a write already on the writer thread always finishes (it is never cut in two)."""
+        self.stopping.set()
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.feed.close()
         self.index_feed.close()
@@ -142,7 +148,7 @@ class EdgeKeysServer:
                 task.cancel()
         if self._listener:
             await asyncio.to_thread(self._listener.stop)
-        await self.server.stop(grace)
+        await self.inflight.stop(self.server, grace)
         self.writer.close()
         self.keys.close()
         self.catalog.engine.dispose()
@@ -209,7 +215,11 @@ class EdgeKeysServer:
     async def _verify(self) -> None:
         """Check the audit chain once at start, in the background: a store altered
         outside edgekeys still serves, and the log says where."""
-        result = await asyncio.to_thread(self.audit.verify)
+        try:
+            result = await asyncio.to_thread(self.audit.verify, stop=self.stopping)
+        except Interrupted as interrupted:
+            log.info("%s: the server is stopping", interrupted)
+            return
         if result.ok:
             log.info("audit log verified: %d events", result.events_checked)
         else:

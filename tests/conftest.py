@@ -73,14 +73,14 @@ class RunningServer:
             self.channel = grpc.intercept_channel(self.channel, Bearer(self.token))
         return self
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0) -> None:
         """Idempotent: a test may stop the server before its fixture does."""
         if self._loop.is_closed():
             return
         if self.channel is not None:
             self.channel.close()
         if self._server is not None:
-            asyncio.run_coroutine_threadsafe(self._server.stop(0), self._loop).result(30)
+            asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(30)
             self._server = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:

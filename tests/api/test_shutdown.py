@@ -1,0 +1,58 @@
+"""Stopping does not wait for a long audit check: not the one every start runs in the
+background, and not a VerifyAuditLog in flight, which fails UNAVAILABLE instead."""
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from edgekeys.v1 import audit_pb2 as apb
+from edgekeys.v1 import audit_pb2_grpc
+from projections import audit
+from projections.audit import AuditLog
+from tests.conftest import RunningServer
+
+LINK = b"x" * 32
+
+
+def endless(self: AuditLog, batch: int) -> Iterator[tuple[str, int, bytes, Any]]:
+    """A sound log that takes forever to walk: one entry every 10 ms."""
+    position = 0
+    while True:
+        time.sleep(0.01)
+        position += 1
+        yield "acme", position, LINK, object()
+
+
+def test_stopping_interrupts_audit_checks(
+    running: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AuditLog, "_walk", endless)
+    monkeypatch.setattr(audit, "link", lambda previous, row: LINK)
+    running.restart()  # so that the start-up check walks the endless log too
+    outcome: list[Any] = []
+
+    def verify() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{running.server.port}") as channel:
+            try:
+                audit_pb2_grpc.AuditServiceStub(channel).VerifyAuditLog(
+                    apb.VerifyAuditLogRequest(), timeout=30
+                )
+            except grpc.RpcError as error:
+                outcome.append(error)
+
+    caller = threading.Thread(target=verify)
+    caller.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    running.stop(grace=5)
+    caller.join(10)
+    assert time.monotonic() - started < 3
+    [error] = outcome
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    status = rpc_status.from_call(error)
+    assert status is not None and "SERVER_STOPPING" in str(status.details)
