@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint protos bench bench-scale bench-tools clean
+.PHONY: run test lint protos bench bench-scale soak bench-tools clean
 
 run: $(INSTALLED)
 	$(BIN)/edgekeys serve
@@ -30,6 +30,10 @@ bench: $(INSTALLED) bench-tools
 # Long (45 minutes here), so in neither `make test` nor `make bench`.
 bench-scale: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench.scale
+
+# Ten minutes of mixed load (95% validations, 5% writes): errors, memory, p99 per minute.
+soak: $(INSTALLED) bench-tools
+	$(BIN)/python -m bench.soak
 
 bench-tools:
 	command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }

@@ -49,19 +49,33 @@ def grpc_frame(message: Message) -> bytes:
     return b"\0" + struct.pack(">I", len(body)) + body
 
 
-def h2load(address: str, method: str, payload: Path, seconds: int, token: str = "") -> float:
-    """Requests per second; every request must succeed."""
+def h2load(
+    address: str,
+    method: str,
+    payload: Path,
+    seconds: int,
+    token: str = "",
+    log_file: Path | None = None,
+    rate: float = 0,
+) -> float:
+    """Requests per second; every request must succeed. `log_file`: h2load's
+    per-request log (start µs, status, duration µs); `rate`: requests per second to
+    send in all (0: as fast as the server answers)."""
     command = ["h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", "4", "-m", "32"]
     command += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     if token:
         command += ["-H", f"authorization: Bearer {token}"]
+    if log_file:
+        command += ["--log-file", str(log_file)]
+    if rate:
+        command += ["--rps", str(max(1, round(rate / 4)))]  # per connection
     command += ["-d", str(payload), f"http://{address}{method}"]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", output)
     assert done and done[2] == done[3], output
-    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output)
-    assert rate, output
-    return float(rate[1])
+    measured = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output)
+    assert measured, output
+    return float(measured[1])
 
 
 def latencies(address: str, method: str, request: bytes, calls: int) -> list[float]:
