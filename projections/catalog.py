@@ -45,8 +45,16 @@ keys = sa.Table(
     sa.Column("purge_time", sa.DateTime(timezone=True)),
     sa.Column("secret_hint", sa.String(64), nullable=False),
     sa.Column("secret_sha256", sa.LargeBinary(32), nullable=False),  # what the index needs
+    # The secret before the last rotation, and until when it works (None: it stopped).
+    sa.Column("previous_secret_sha256", sa.LargeBinary(32)),
+    sa.Column("previous_secret_until", sa.DateTime(timezone=True)),
     sa.Column("version", sa.Integer, nullable=False),
+    # Not from the events: written by the replicas that validated the key (LastUse).
+    sa.Column("last_use_time", sa.DateTime(timezone=True)),
     sa.Index("catalog_api_keys_by_project", "project", "position"),
+    sa.Index("catalog_api_keys_by_expiry", "project", "expire_time", "position"),
+    sa.Index("catalog_api_keys_by_secret", "secret_sha256"),
+    sa.Index("catalog_api_keys_by_previous_secret", "previous_secret_sha256"),
 )
 
 key_deployments = sa.Table(
@@ -66,7 +74,7 @@ tracking = sa.Table(
 
 # The tracking row's name carries the catalog's layout version: a catalog of another
 # layout is dropped and rebuilt from the events (a read model is always disposable).
-PROJECTION = "catalog v3"
+PROJECTION = "catalog v4"
 
 
 class LiveKey(NamedTuple):
@@ -77,6 +85,8 @@ class LiveKey(NamedTuple):
     secret_sha256: bytes
     deployments: str  # JSON list
     expire_time: datetime | None
+    previous_secret_sha256: bytes | None
+    previous_secret_until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ class KeyRecord:
     secret_hint: str
     version: int
     position: int
+    previous_secret_until: datetime | None
+    last_use_time: datetime | None
 
 
 class Words:
@@ -165,6 +177,8 @@ class Catalog:
                         keys.c.secret_sha256,
                         keys.c.deployments,
                         keys.c.expire_time,
+                        keys.c.previous_secret_sha256,
+                        keys.c.previous_secret_until,
                     ).where(keys.c.delete_time.is_(None))
                 )
                 yield (
@@ -176,6 +190,8 @@ class Catalog:
                             row.secret_sha256,
                             row.deployments,
                             _utc(row.expire_time),
+                            row.previous_secret_sha256,
+                            _utc(row.previous_secret_until),
                         )
                         for row in rows
                     ),
@@ -201,14 +217,25 @@ class Catalog:
         limit: int,
         deployment: str = "",
         show_deleted: bool = False,
+        expire_before: datetime | None = None,
+        by_expiry: bool = False,
+        after_expiry: datetime | None = None,
     ) -> list[KeyRecord]:
-        """Keys of `project` created after store position `after`, oldest first."""
-        query = (
-            sa.select(keys)
-            .where(keys.c.project == project, keys.c.position > after)
-            .order_by(keys.c.position)
-            .limit(limit)
-        )
+        """Keys of `project` created after store position `after`, oldest first; or,
+        `by_expiry`, the keys that expire, soonest first, after (`after_expiry`, `after`)."""
+        query = sa.select(keys).where(keys.c.project == project).limit(limit)
+        if by_expiry:
+            query = query.where(keys.c.expire_time.is_not(None)).order_by(
+                keys.c.expire_time, keys.c.position
+            )
+            if after_expiry is not None:
+                query = query.where(
+                    sa.tuple_(keys.c.expire_time, keys.c.position) > (after_expiry, after)
+                )
+        else:
+            query = query.where(keys.c.position > after).order_by(keys.c.position)
+        if expire_before is not None:
+            query = query.where(keys.c.expire_time < expire_before)
         if not show_deleted:
             query = query.where(keys.c.delete_time.is_(None))
         if deployment:
@@ -218,6 +245,34 @@ class Catalog:
             query = query.where(keys.c.id.in_(attached))
         with self.engine.connect() as conn:
             return [_record(row, self.words) for row in conn.execute(query).mappings()]
+
+    def lookup(self, digest: bytes) -> KeyRecord | None:
+        """The key whose secret, or whose secret before its last rotation, has `digest`."""
+        query = sa.select(keys).where(
+            sa.or_(keys.c.secret_sha256 == digest, keys.c.previous_secret_sha256 == digest)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _record(row, self.words)
+
+    def last_use(self, name: str) -> datetime | None:
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(keys.c.last_use_time).where(keys.c.name == name))
+            return _utc(found.scalar())
+
+    def record_use(self, uses: dict[str, datetime]) -> None:
+        """Keys' last successful validations (name → when); a later one already
+        recorded, by this replica or another, is kept."""
+        if not uses:
+            return
+        later = sa.or_(keys.c.last_use_time.is_(None), keys.c.last_use_time < sa.bindparam("at"))
+        statement = (
+            keys.update()
+            .where(keys.c.name == sa.bindparam("key"), later)
+            .values(last_use_time=sa.bindparam("at"))
+        )
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
+            conn.execute(statement, [{"key": k, "at": at} for k, at in uses.items()])
 
 
 def _position(conn: Connection) -> int | None:
@@ -253,6 +308,9 @@ class _Creations:
                 "purge_time": None,
                 "secret_hint": event.secret_hint,
                 "secret_sha256": bytes.fromhex(event.secret_sha256),
+                "previous_secret_sha256": None,
+                "previous_secret_until": None,
+                "last_use_time": None,
                 "version": event.originator_version,
             }
         )
@@ -284,6 +342,14 @@ def _apply(conn: Connection, position: int, event: ApiKey.Event, words: Words) -
             changes["expire_time"] = event.expire_time
         case ApiKey.KeyDeleted():
             changes["delete_time"] = event.timestamp
+        case ApiKey.SecretRotated():
+            current = conn.execute(sa.select(keys.c.secret_sha256).where(this_key)).scalar()
+            changes.update(
+                secret_sha256=bytes.fromhex(event.secret_sha256),
+                secret_hint=event.secret_hint,
+                previous_secret_sha256=current,  # for LookupApiKey, even with no grace
+                previous_secret_until=event.previous_until,
+            )
         case ApiKey.PersonalDataPurged():
             erased = words.stored("", key_id)
             changes.update(purge_time=event.timestamp, display_name=erased, description=erased)
@@ -333,4 +399,6 @@ def _record(row: sa.RowMapping, words: Words) -> KeyRecord:
         secret_hint=row["secret_hint"],
         version=row["version"],
         position=row["position"],
+        previous_secret_until=_utc(row["previous_secret_until"]),
+        last_use_time=_utc(row["last_use_time"]),
     )

@@ -33,6 +33,9 @@ class Entry:
     name: str
     deployments: frozenset[str]
     expire_time: datetime | None
+    # The secret before the last rotation, while in its grace period (until then).
+    previous: bytes = b""
+    previous_until: datetime | None = None
 
 
 JOURNAL = 100_000  # changes remembered for followers that resume
@@ -53,16 +56,17 @@ class ValidationIndex:
 
     def __init__(self, journal: int | None = None) -> None:
         self.position = 0  # the last store position applied
+        # Each key's entry under its digest, and under its previous one during a grace.
         self._by_digest: dict[bytes, Entry] = {}
         # By the key's aggregate ID as an int: 40 bytes a key fewer than UUID objects.
-        self._digest_by_id: dict[int, bytes] = {}
+        self._by_id: dict[int, Entry] = {}
         self._lock = threading.Lock()
         # Each change, oldest first; complete for every position from `_journal_start` on.
         self._journal: deque[Change] = deque(maxlen=journal or JOURNAL)
         self._journal_start = 0
 
     def __len__(self) -> int:
-        return len(self._by_digest)
+        return len(self._by_id)
 
     def check(self, secret: str, deployment: str, now: datetime) -> tuple[Verdict, Entry | None]:
         """The verdict for `secret` at `deployment`, and the key's entry when found."""
@@ -75,6 +79,8 @@ class ValidationIndex:
         # hmac.compare_digest after the lookup would only repeat the lookup's equality).
         if entry is None:
             return VERDICT_NOT_FOUND, None
+        if digest != entry.digest and now >= entry.previous_until:  # type: ignore[operator]
+            return VERDICT_NOT_FOUND, None  # rotated away, and its grace is over
         if entry.expire_time is not None and now >= entry.expire_time:
             return VERDICT_EXPIRED, entry
         if deployment not in entry.deployments:
@@ -87,30 +93,37 @@ class ValidationIndex:
         key_id = event.originator_id.int
         with self._lock:
             self.position = position
-            if key_id not in self._digest_by_id and not isinstance(event, ApiKey.KeyCreated):
+            if key_id not in self._by_id and not isinstance(event, ApiKey.KeyCreated):
                 return  # its creation did not decode (altered outside edgekeys): nothing to fold
             match event:
                 case ApiKey.KeyCreated():
                     digest = bytes.fromhex(event.secret_sha256)
-                    self._digest_by_id[key_id] = digest
-                    self._put(
-                        position,
-                        Entry(digest, event.name, frozenset(event.deployments), event.expire_time),
+                    entry = Entry(
+                        digest, event.name, frozenset(event.deployments), event.expire_time
                     )
+                    self._put(position, key_id, entry)
                 case ApiKey.KeyDeleted():
-                    entry = self._by_digest.pop(self._digest_by_id.pop(key_id))
-                    self._journal_append(position, entry, True)
+                    self._remove(position, key_id)
                 case ApiKey.DeploymentAttached():
-                    entry = self._entry(key_id)
+                    entry = self._by_id[key_id]
                     deployments = entry.deployments | {event.deployment}
-                    self._put(position, replace(entry, deployments=deployments))
+                    self._put(position, key_id, replace(entry, deployments=deployments))
                 case ApiKey.DeploymentDetached():
-                    entry = self._entry(key_id)
+                    entry = self._by_id[key_id]
                     deployments = entry.deployments - {event.deployment}
-                    self._put(position, replace(entry, deployments=deployments))
+                    self._put(position, key_id, replace(entry, deployments=deployments))
                 case ApiKey.ExpiryChanged():
-                    entry = replace(self._entry(key_id), expire_time=event.expire_time)
-                    self._put(position, entry)
+                    entry = replace(self._by_id[key_id], expire_time=event.expire_time)
+                    self._put(position, key_id, entry)
+                case ApiKey.SecretRotated():
+                    entry = self._by_id[key_id]
+                    rotated = replace(
+                        entry,
+                        digest=bytes.fromhex(event.secret_sha256),
+                        previous=entry.digest if event.previous_until else b"",
+                        previous_until=event.previous_until,
+                    )
+                    self._put(position, key_id, rotated)
 
     # An edge follower's index is fed entries, keyed by name, from its upstream's.
 
@@ -119,19 +132,15 @@ class ValidationIndex:
         key_id = ApiKey.id_for(entry.name).int
         with self._lock:
             self.position = max(self.position, position)
-            old = self._digest_by_id.get(key_id)
-            self._digest_by_id[key_id] = entry.digest
-            self._put(position, entry)
-            if old is not None and old != entry.digest:
-                del self._by_digest[old]
+            self._put(position, key_id, entry)
 
     def remove(self, position: int, name: str) -> None:
         """Forget the key named `name`, if held."""
         with self._lock:
             self.position = max(self.position, position)
-            digest = self._digest_by_id.pop(ApiKey.id_for(name).int, None)
-            if digest is not None:
-                self._journal_append(position, self._by_digest.pop(digest), True)
+            key_id = ApiKey.id_for(name).int
+            if key_id in self._by_id:
+                self._remove(position, key_id)
 
     def reset(self, position: int, entries: list[Entry]) -> None:
         """Hold exactly `entries`, as of `position`: swapped in at once, so `check`
@@ -141,12 +150,14 @@ class ValidationIndex:
     def load(self, position: int, keys: Iterable[tuple[UUID, Entry]]) -> None:
         """Hold exactly the entries of `keys` (by key ID), as of `position`."""
         by_digest: dict[bytes, Entry] = {}
-        digest_by_id: dict[int, bytes] = {}
+        by_id: dict[int, Entry] = {}
         for key_id, entry in keys:
             by_digest[entry.digest] = entry
-            digest_by_id[key_id.int] = entry.digest
+            if entry.previous:
+                by_digest[entry.previous] = entry
+            by_id[key_id.int] = entry
         with self._lock:
-            self._by_digest, self._digest_by_id = by_digest, digest_by_id
+            self._by_digest, self._by_id = by_digest, by_id
             self.position = position
             self._journal.clear()
             self._journal_start = position
@@ -160,18 +171,18 @@ class ValidationIndex:
             self._journal.clear()
             self._journal_start = start
             for position, key_id, name in touched:
-                digest = self._digest_by_id.get(key_id.int)
-                if digest is None:
+                entry = self._by_id.get(key_id.int)
+                if entry is None:
                     self._journal_append(position, Entry(b"", name, frozenset(), None), True)
                 else:
-                    self._journal_append(position, self._by_digest[digest], False)
+                    self._journal_append(position, entry, False)
 
     # What followers read.
 
     def snapshot(self) -> tuple[int, list[Entry]]:
         """Every entry, and the position they hold as of."""
         with self._lock:
-            return self.position, list(self._by_digest.values())
+            return self.position, list(self._by_id.values())
 
     def changes_after(self, position: int) -> tuple[int, list[Change]] | None:
         """What changed after `position`, one change per key (its latest), oldest
@@ -188,12 +199,25 @@ class ValidationIndex:
                 latest.setdefault(change.entry.name, change)
             return self.position, list(reversed(latest.values()))
 
-    def _entry(self, key_id: int) -> Entry:
-        return self._by_digest[self._digest_by_id[key_id]]
-
-    def _put(self, position: int, entry: Entry) -> None:
+    def _put(self, position: int, key_id: int, entry: Entry) -> None:
+        """Hold `entry` for the key, under its digests; drop digests it no longer has."""
+        old = self._by_id.get(key_id)
+        self._by_id[key_id] = entry
         self._by_digest[entry.digest] = entry
+        if entry.previous:
+            self._by_digest[entry.previous] = entry
+        if old is not None:
+            for digest in (old.digest, old.previous):
+                if digest and digest not in (entry.digest, entry.previous):
+                    del self._by_digest[digest]
         self._journal_append(position, entry, False)
+
+    def _remove(self, position: int, key_id: int) -> None:
+        entry = self._by_id.pop(key_id)
+        for digest in (entry.digest, entry.previous):
+            if digest:
+                del self._by_digest[digest]
+        self._journal_append(position, entry, True)
 
     def _journal_append(self, position: int, entry: Entry, deleted: bool) -> None:
         if len(self._journal) == self._journal.maxlen:

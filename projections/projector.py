@@ -53,7 +53,12 @@ class Projector:
                         (
                             k.id,
                             Entry(
-                                k.secret_sha256, k.name, deployments(k.deployments), k.expire_time
+                                k.secret_sha256,
+                                k.name,
+                                deployments(k.deployments),
+                                k.expire_time,
+                                (k.previous_secret_until and k.previous_secret_sha256) or b"",
+                                k.previous_secret_until,
                             ),
                         )
                         for k in keys

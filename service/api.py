@@ -2,7 +2,7 @@
 
 import asyncio
 import functools
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import grpc
@@ -13,17 +13,20 @@ from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
-from service import callers, requests
+from service import callers, keyformat, requests
 from service.application import Clock, KeyStore, etag_of
-from service.callers import Caller, authorize, key_project
-from service.domain import StaleEtag
+from service.callers import Caller, authorize, current, key_project
+from service.domain import KeyNotFound, StaleEtag
 from service.errors import InvalidArgument
 from service.freshness import Freshness
+from service.last_use import LastUse
 from service.names import KeyName, deployment_project
 from service.ratelimit import FailureLimiter
 from service.writer import Writer
 
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ORDERS = frozenset({"", "create_time", "expire_time"})
 MAX_BATCH = 1000
 
 
@@ -52,9 +55,11 @@ class KeyView(Protocol):
     def secret_hint(self) -> str: ...
     @property
     def version(self) -> int: ...
+    @property
+    def previous_secret_until(self) -> datetime | None: ...
 
 
-def api_key_message(key: KeyView) -> pb.ApiKey:
+def api_key_message(key: KeyView, last_use: datetime | None = None) -> pb.ApiKey:
     message = pb.ApiKey(
         name=key.name,
         display_name=key.display_name,
@@ -72,7 +77,19 @@ def api_key_message(key: KeyView) -> pb.ApiKey:
         message.delete_time.CopyFrom(_timestamp(key.delete_time))
     if key.purge_time is not None:
         message.purge_time.CopyFrom(_timestamp(key.purge_time))
+    if key.previous_secret_until is not None:
+        message.previous_secret_expire_time.CopyFrom(_timestamp(key.previous_secret_until))
+    if last_use is not None:
+        message.last_use_time.CopyFrom(_timestamp(last_use))
     return message
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -92,10 +109,11 @@ def _mutation_options(request: Any, name: KeyName) -> dict[str, str]:
 
 
 class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
-    def __init__(self, keys: KeyStore, catalog: Catalog, writer: Writer) -> None:
+    def __init__(self, keys: KeyStore, catalog: Catalog, writer: Writer, last_use: LastUse) -> None:
         self.keys = keys
         self.catalog = catalog
         self.writer = writer
+        self.last_use = last_use
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -127,7 +145,8 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         name = requests.key_name(request.name)
         authorize(name.project)
         key = await asyncio.to_thread(self.keys.get_key, name)
-        return pb.GetApiKeyResponse(api_key=api_key_message(key))
+        last_use = await asyncio.to_thread(self.last_use.of, str(name))
+        return pb.GetApiKeyResponse(api_key=api_key_message(key, last_use))
 
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
@@ -137,12 +156,22 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         size = requests.page_size(request.page_size)
         if request.deployment:
             requests.deployment(request.deployment, project=project)
+        if request.order_by not in ORDERS:
+            raise InvalidArgument("order_by", f"one of {', '.join(sorted(ORDERS))}")
+        by_expiry = request.order_by == "expire_time"
+        expire_before = (
+            requests.timestamp(request.expire_before, "expire_before")
+            if request.HasField("expire_before")
+            else None
+        )
         query = {
             "parent": request.parent,
             "deployment": request.deployment,
             "show_deleted": request.show_deleted,
+            "expire_before": expire_before.isoformat() if expire_before else "",
+            "order_by": request.order_by,
         }
-        after = requests.decode_page_token(request.page_token, query)
+        after, at = requests.decode_page_cursor(request.page_token, query)
         records = await asyncio.to_thread(
             self.catalog.list,
             project,
@@ -150,12 +179,21 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
             limit=size + 1,
             deployment=request.deployment,
             show_deleted=request.show_deleted,
+            expire_before=expire_before,
+            by_expiry=by_expiry,
+            after_expiry=None if at is None else _from_micros(at),
         )
         page = records[:size]
-        more = len(records) > size
+        token = ""
+        if len(records) > size:
+            last = page[-1]
+            at = _micros(last.expire_time) if by_expiry and last.expire_time else None
+            token = requests.encode_page_token(last.position, query, at)
         return pb.ListApiKeysResponse(
-            api_keys=[api_key_message(r) for r in page],
-            next_page_token=requests.encode_page_token(page[-1].position, query) if more else "",
+            api_keys=[
+                api_key_message(r, self.last_use.latest(r.name, r.last_use_time)) for r in page
+            ],
+            next_page_token=token,
         )
 
     async def UpdateApiKey(
@@ -227,6 +265,27 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         key = await self.writer.run(self.keys.delete_key, name, **_mutation_options(request, name))
         return pb.DeleteApiKeyResponse(api_key=api_key_message(key))
 
+    async def RotateApiKey(
+        self, request: pb.RotateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateApiKeyResponse:
+        name = requests.key_name(request.name)
+        options = _mutation_options(request, name)
+        grace = requests.duration(request.grace_period, "grace_period")
+        key, secret = await self.writer.run(self.keys.rotate_key, name, grace, **options)
+        return pb.RotateApiKeyResponse(api_key=api_key_message(key), secret=secret)
+
+    async def LookupApiKey(
+        self, request: pb.LookupApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LookupApiKeyResponse:
+        if not keyformat.is_well_formed(request.secret):
+            raise InvalidArgument("secret", "is not an edgekeys secret (edk_ and 49 characters)")
+        found = await asyncio.to_thread(self.catalog.lookup, keyformat.digest(request.secret))
+        # Another project's key is as unknown as no key: the answer says nothing of it.
+        if found is None or not current().may_touch(key_project(found.name)):
+            raise KeyNotFound("no key of the projects you may touch has this secret")
+        last_use = self.last_use.latest(found.name, found.last_use_time)
+        return pb.LookupApiKeyResponse(api_key=api_key_message(found, last_use))
+
     async def PurgeApiKey(
         self, request: pb.PurgeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.PurgeApiKeyResponse:
@@ -244,11 +303,13 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         clock: Clock,
         freshness: Freshness | None = None,
         failures: FailureLimiter | None = None,
+        uses: dict[str, datetime] | None = None,
     ) -> None:
         self.index = index
         self.clock = clock
         self.freshness = freshness  # an edge follower's: refuse to answer once stale
         self.failures = failures  # per end client (client_address)
+        self.uses = uses  # key name → last ALLOWED (see service.last_use)
 
     async def ValidateApiKey(
         self, request: vpb.ValidateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -291,6 +352,8 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             return _verdict(verdict, "", None)
         if scope is not None and not scope.may_touch(key_project(entry.name)):
             return _verdict(vpb.VERDICT_NOT_FOUND, "", None)  # another project's key
+        if verdict == vpb.VERDICT_ALLOWED and self.uses is not None:
+            self.uses[entry.name] = now
         return _verdict(verdict, entry.name, entry.expire_time)
 
 

@@ -9,7 +9,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
@@ -187,6 +187,19 @@ class KeyStore(Application[UUID]):
 
     def detach_deployment(self, name: KeyName, deployment: str, **options: str) -> ApiKey:
         return self._change(name, lambda key, **c: key.detach(deployment, **c), **options)
+
+    def rotate_key(self, name: KeyName, grace: timedelta, **options: str) -> tuple[ApiKey, str]:
+        """The key and its new secret; for a retried request, the key and no secret."""
+        secret = keyformat.new_secret()
+        rotated = False
+
+        def rotate(key: ApiKey, **context: Any) -> None:
+            nonlocal rotated
+            key.rotate(keyformat.digest(secret).hex(), keyformat.hint(secret), grace, **context)
+            rotated = True
+
+        key = self._change(name, rotate, **options)
+        return key, secret if rotated else ""
 
     def delete_key(self, name: KeyName, **options: str) -> ApiKey:
         return self._change(name, lambda key, **c: key.delete(**c), **options)

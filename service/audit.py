@@ -238,5 +238,10 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
                 message.key_deleted.SetInParent()
             case ApiKey.PersonalDataPurged():
                 message.personal_data_purged.SetInParent()
+            case ApiKey.SecretRotated():
+                message.secret_rotated.secret_hint = event.secret_hint
+                if event.previous_until is not None:
+                    rotated = message.secret_rotated
+                    rotated.previous_secret_expire_time.FromDatetime(event.previous_until)
         message.personal_data_erased = erased
         return message

@@ -10,6 +10,7 @@ sent). Allowed requests go upstream without either header and with
 import functools
 import json
 from collections.abc import Mapping
+from datetime import datetime
 
 import grpc
 from google.rpc import code_pb2, status_pb2
@@ -112,11 +113,13 @@ class AuthorizationService:
         clock: Clock,
         freshness: Freshness | None = None,
         failures: FailureLimiter | None = None,
+        uses: dict[str, datetime] | None = None,
     ) -> None:
         self.index = index
         self.clock = clock
         self.freshness = freshness  # an edge follower's: deny with 503 once stale
         self.failures = failures  # per end client: the request's source address
+        self.uses = uses  # key name → last ALLOWED (see service.last_use)
 
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext
@@ -136,13 +139,16 @@ class AuthorizationService:
         failures = self.failures
         if client and failures is not None and failures.limited(client):
             return RATE_LIMITED
-        verdict, entry = self.index.check(secret, deployment, self.clock())
+        now = self.clock()
+        verdict, entry = self.index.check(secret, deployment, now)
         if verdict != vpb.VERDICT_ALLOWED and client and failures is not None:
             failures.failed(client)
         if entry is not None and limited_to and not limited_to.may_touch(key_project(entry.name)):
             return DENIALS[vpb.VERDICT_NOT_FOUND]  # another project's key
         if verdict != vpb.VERDICT_ALLOWED or entry is None:
             return DENIALS[verdict]
+        if self.uses is not None:
+            self.uses[entry.name] = now
         return _allowed(entry.name)
 
 

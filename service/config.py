@@ -24,6 +24,7 @@ class Settings:
     follow: str = ""
     max_staleness: float = 900.0
     shutdown_grace: float = 5.0
+    last_use_interval: float = 60.0
     callers_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -54,6 +55,8 @@ _HELP = {
     "after that it fails closed",
     "shutdown_grace": "seconds requests in flight get to finish after SIGTERM (health turns "
     "NOT_SERVING at once)",
+    "last_use_interval": "seconds between writes of the keys' last use (last_use_time) to "
+    "the catalog",
     "callers_file": "TOML file of the callers allowed in (token digests, roles, projects); "
     "re-read on SIGHUP and when it changes",
     "tls_cert": "PEM certificate chain to serve TLS with (needs --tls-key)",
@@ -128,6 +131,8 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError(f"bad setting: {error}") from None
     if settings.workers < 1:
         raise ValueError("--workers must be at least 1")
+    if settings.last_use_interval <= 0:
+        raise ValueError("--last-use-interval must be positive")
     if settings.poll_interval <= 0:
         raise ValueError("--poll-interval must be positive")
     if settings.shutdown_grace < 0:
@@ -137,7 +142,8 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
     if settings.follow and not _is_host_port(settings.follow):
         raise ValueError(f"--follow must be HOST:PORT, not {settings.follow!r}")
     for name in ("failed_validation", "failed_auth"):
-        if getattr(settings, f"{name}_rate") < 0 or getattr(settings, f"{name}_burst") < 1:
+        rate = getattr(settings, f"{name}_rate")
+        if not 0 <= rate < float("inf") or getattr(settings, f"{name}_burst") < 1:
             flag = name.replace("_", "-")
             raise ValueError(f"--{flag}-rate must be 0 or more and --{flag}-burst at least 1")
     if bool(settings.tls_cert) != bool(settings.tls_key):

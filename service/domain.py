@@ -6,7 +6,7 @@ change: stored history is decoded by topic.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -15,6 +15,7 @@ from eventsourcing.domain import Aggregate
 from service.names import KeyName, deployment_project
 
 MAX_DEPLOYMENTS = 100
+MAX_GRACE = timedelta(days=7)  # how long a rotated-away secret may keep working
 
 
 class DomainError(Exception):
@@ -73,6 +74,10 @@ class PersonalData:
     @property
     def shown(self) -> str:
         return self.text or ""
+
+
+class GraceOutOfRange(DomainError):
+    pass
 
 
 class StaleEtag(DomainError):
@@ -149,6 +154,21 @@ class ApiKey(Aggregate):
         def apply(self, key: "ApiKey") -> None:
             key.delete_time = self.timestamp
 
+    class SecretRotated(Event):
+        """A new secret; the previous one works until `previous_until` (None: it
+        stopped at once). Only digests and a hint are recorded, never a secret."""
+
+        TOPIC = "edgekeys:SecretRotated"
+        secret_sha256: str
+        secret_hint: str
+        previous_until: datetime | None
+
+        def apply(self, key: "ApiKey") -> None:
+            key.previous_secret_sha256 = key.secret_sha256 if self.previous_until else ""
+            key.previous_secret_until = self.previous_until
+            key.secret_sha256 = self.secret_sha256
+            key.secret_hint = self.secret_hint
+
     class PersonalDataPurged(Event):
         """The key's data key was destroyed: its name and description are unreadable."""
 
@@ -158,6 +178,10 @@ class ApiKey(Aggregate):
             key.purge_time = self.timestamp
             key.personal_name = PersonalData(key.id, None)
             key.personal_description = PersonalData(key.id, None)
+
+    # Class defaults, so keys snapshotted before rotation existed load as never rotated.
+    previous_secret_sha256 = ""  # the secret before the last rotation, while it works
+    previous_secret_until: datetime | None = None
 
     def __init__(
         self,
@@ -278,6 +302,34 @@ class ApiKey(Aggregate):
         if deployment not in self.deployments:
             raise DeploymentNotAttached(f"{deployment} is not attached to {self.name}")
         self._record(self.DeploymentDetached, deployment=deployment, **context)
+
+    def rotate(
+        self,
+        secret_sha256: str,
+        secret_hint: str,
+        grace: timedelta,
+        *,
+        now: datetime,
+        **context: Any,
+    ) -> None:
+        """A new secret; the current one keeps working for `grace`, but not past the
+        key's expiry. A secret still in its grace from an earlier rotation stops now."""
+        self._check_not_deleted()
+        if not timedelta(0) <= grace <= MAX_GRACE:
+            raise GraceOutOfRange(f"grace_period must be 0 to {MAX_GRACE.days} days")
+        until: datetime | None = now + grace
+        if self.expire_time is not None and until is not None:
+            until = min(until, self.expire_time)
+        if until is not None and until <= now:
+            until = None
+        self._record(
+            self.SecretRotated,
+            secret_sha256=secret_sha256,
+            secret_hint=secret_hint,
+            previous_until=until,
+            now=now,
+            **context,
+        )
 
     def delete(self, **context: Any) -> None:
         self._check_not_deleted()

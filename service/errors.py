@@ -67,6 +67,7 @@ _DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
         "api_key.expire_time",
     ),
     domain.StaleEtag: (code_pb2.ABORTED, "ETAG_MISMATCH", "etag"),
+    domain.GraceOutOfRange: (code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", "grace_period"),
     domain.KeyNotDeleted: (code_pb2.FAILED_PRECONDITION, "API_KEY_NOT_DELETED", None),
     domain.AlreadyPurged: (code_pb2.FAILED_PRECONDITION, "API_KEY_ALREADY_PURGED", None),
 }

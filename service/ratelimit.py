@@ -6,6 +6,7 @@ dict miss, and a client that is refused spends nothing: its bucket refills while
 """
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 
@@ -25,8 +26,9 @@ class FailureLimiter:
         self.burst = burst
         self.clock = clock
         self.capacity = capacity
-        # client → (tokens left, when): insertion order is the order of last failure
-        self._buckets: dict[str, tuple[float, float]] = {}
+        # client → (tokens left, when), in the order of last failure. An OrderedDict:
+        # dropping a plain dict's first item again and again gets slower each time.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -43,9 +45,10 @@ class FailureLimiter:
         """Spend one of `client`'s failures."""
         now = self.clock()
         tokens, since = self._buckets.pop(client, (float(self.burst), now))
-        self._buckets[client] = (min(self.burst, tokens + (now - since) * self.rate) - 1, now)
+        tokens = min(self.burst, tokens + (now - since) * self.rate)
+        self._buckets[client] = (max(0.0, tokens - 1), now)  # never owes more than it had
         if len(self._buckets) > self.capacity:
-            del self._buckets[next(iter(self._buckets))]
+            self._buckets.popitem(last=False)
 
 
 def limiter(rate: float, burst: int) -> FailureLimiter | None:

@@ -191,15 +191,23 @@ def _message(change: Change) -> rpb.IndexChange:
     )
     if entry.expire_time is not None:
         message.expire_time.FromDatetime(entry.expire_time)
+    if entry.previous_until is not None:
+        message.previous_secret_sha256 = entry.previous
+        message.previous_secret_expire_time.FromDatetime(entry.previous_until)
     return message
 
 
 def _entry(change: rpb.IndexChange) -> Entry:
+    def moment(field: str) -> datetime | None:
+        return getattr(change, field).ToDatetime(tzinfo=UTC) if change.HasField(field) else None
+
     return Entry(
         change.secret_sha256,
         change.api_key,
         frozenset(change.deployments),
-        change.expire_time.ToDatetime(tzinfo=UTC) if change.HasField("expire_time") else None,
+        moment("expire_time"),
+        change.previous_secret_sha256,
+        moment("previous_secret_expire_time"),
     )
 
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service import names
@@ -93,6 +94,12 @@ def timestamp(value: Timestamp, field: str) -> datetime:
     return moment
 
 
+def duration(value: Duration, field: str) -> timedelta:
+    if not (0 <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos < 1_000_000_000):
+        raise InvalidArgument(field, "must be a duration of 0 or more")
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
 def request_id(value: str) -> str:
     """A UUID in its canonical 8-4-4-4-12 hex form, lower-cased; empty for none."""
     if value and not _UUID.fullmatch(value):
@@ -106,24 +113,38 @@ def page_size(value: int, default: int = DEFAULT_PAGE_SIZE) -> int:
     return min(value or default, MAX_PAGE_SIZE)
 
 
-def encode_page_token(position: int, query: Mapping[str, object]) -> str:
-    """An opaque token: where the page ended, bound to the query it belongs to."""
-    payload = json.dumps({"after": position, "query": query}, sort_keys=True).encode()
+def encode_page_token(position: int, query: Mapping[str, object], at: int | None = None) -> str:
+    """An opaque token: where the page ended (a store position, and for pages in
+    another order the sort value there, `at`), bound to the query it belongs to."""
+    content: dict[str, object] = {"after": position, "query": query}
+    if at is not None:
+        content["at"] = at
+    payload = json.dumps(content, sort_keys=True).encode()
     return base64.urlsafe_b64encode(payload + _seal(payload)).decode()
 
 
 def decode_page_token(token: str, query: Mapping[str, object]) -> int:
     """The position after which the next page starts; 0 for no token."""
+    return decode_page_cursor(token, query)[0]
+
+
+def decode_page_cursor(token: str, query: Mapping[str, object]) -> tuple[int, int | None]:
+    """The position and the sort value (`at`) after which the next page starts."""
     if not token:
-        return 0
+        return 0, None
     content = _unseal(token) if len(token) <= _MAX_TOKEN else None
     after = content.get("after") if isinstance(content, dict) else None
-    if type(after) is not int or not 0 <= after <= _MAX_POSITION:
+    at = content.get("at") if isinstance(content, dict) else None
+    if (
+        type(after) is not int
+        or not 0 <= after <= _MAX_POSITION
+        or type(at) not in (int, type(None))
+    ):
         raise InvalidArgument("page_token", "is not a token this service issued")
     assert isinstance(content, dict)
     if content.get("query") != query:
         raise InvalidArgument("page_token", "belongs to a different query; start without it")
-    return after
+    return after, at
 
 
 def _unseal(token: str) -> object:

@@ -56,11 +56,14 @@ class InFlight:
     async def stop(self, server: grpc.aio.Server, grace: float) -> None:
         """Refuse new calls at once, give the unary calls in flight up to `grace`
         seconds, then cancel what is left (long-lived streams)."""
+        if grace <= 0:
+            await server.stop(None)
+            return
         refusing = asyncio.create_task(server.stop(grace))
         deadline = asyncio.get_running_loop().time() + grace
         while self.count and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
-        await server.stop(0)
+        await server.stop(None)  # a second stop, with no grace, cancels the rest
         await refusing
 
 

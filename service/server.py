@@ -23,6 +23,7 @@ from service.audit import AuditService, Feed
 from service.authz import AuthorizationService
 from service.config import Settings
 from service.database import is_postgres, redacted
+from service.last_use import LastUse
 from service.listener import StoreListener
 from service.replication import ReplicationService, StoreStatus
 from service.writer import Writer
@@ -50,6 +51,7 @@ class EdgeKeysServer:
         self.audit = AuditLog(self.keys.engine, self.keys.events_table)
         self.index = ValidationIndex()
         self.projector = Projector(self.keys, self.index, self.catalog, self.audit)
+        self.last_use = LastUse(self.catalog, settings.last_use_interval)
         self.feed = Feed()
         self.stopping = threading.Event()  # set by stop(): long work gives up
         self.index_feed = Feed()  # wakes edge followers' streams (ReplicationService)
@@ -66,13 +68,13 @@ class EdgeKeysServer:
         failures = exposure.validation_failures(settings)
         rpc.register(
             self.server,
-            ApiKeyService(self.keys, self.catalog, self.writer),
+            ApiKeyService(self.keys, self.catalog, self.writer, self.last_use),
             api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"],
             rpc.Access("admin", self.gate, self._store_available, self.inflight),
         )
         rpc.register(
             self.server,
-            ValidationService(self.index, clock, failures=failures),
+            ValidationService(self.index, clock, failures=failures, uses=self.last_use.pending),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
             lossy=True,
@@ -85,7 +87,7 @@ class EdgeKeysServer:
         )
         rpc.register(
             self.server,
-            AuthorizationService(self.index, clock, failures=failures),
+            AuthorizationService(self.index, clock, failures=failures, uses=self.last_use.pending),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
         )
@@ -113,6 +115,7 @@ class EdgeKeysServer:
         self._poller: asyncio.Task[None] | None = None
         self._verifier: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._recorder: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Serve, NOT_SERVING until the projections have caught up with the store as it
@@ -126,6 +129,7 @@ class EdgeKeysServer:
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())
         self._verifier = asyncio.create_task(self._verify())
+        self._recorder = asyncio.create_task(self.last_use.run())
         if self.gate is not None:
             self._watcher = asyncio.create_task(exposure.watch(self.gate))
         log.info(
@@ -143,12 +147,13 @@ class EdgeKeysServer:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.feed.close()
         self.index_feed.close()
-        for task in (self._poller, self._verifier, self._watcher):
+        for task in (self._poller, self._verifier, self._watcher, self._recorder):
             if task:
                 task.cancel()
         if self._listener:
             await asyncio.to_thread(self._listener.stop)
         await self.inflight.stop(self.server, grace)
+        await self.last_use.flush()
         self.writer.close()
         self.keys.close()
         self.catalog.engine.dispose()

@@ -22,53 +22,62 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64gekeys/v1/api_keys.proto\x12\x0b\x65\x64gekeys.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x03\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.edgekeys.v1.ApiKey.State\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hint\x18\n \x01(\t\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x12.\n\npurge_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"s\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12$\n\x07\x61pi_key\x18\x03 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"L\n\x14\x43reateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\" \n\x10GetApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x11GetApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"u\n\x12ListApiKeysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x05 \x01(\x08\"U\n\x13ListApiKeysResponse\x12%\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x80\x01\n\x13UpdateApiKeyRequest\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x14UpdateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"]\n\x17\x41ttachDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x18\x41ttachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"]\n\x17\x44\x65tachDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x18\x44\x65tachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"E\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x14\x44\x65leteApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"D\n\x12PurgeApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x13PurgeApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey2\xc0\x05\n\rApiKeyService\x12S\n\x0c\x43reateApiKey\x12 .edgekeys.v1.CreateApiKeyRequest\x1a!.edgekeys.v1.CreateApiKeyResponse\x12J\n\tGetApiKey\x12\x1d.edgekeys.v1.GetApiKeyRequest\x1a\x1e.edgekeys.v1.GetApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.edgekeys.v1.ListApiKeysRequest\x1a .edgekeys.v1.ListApiKeysResponse\x12S\n\x0cUpdateApiKey\x12 .edgekeys.v1.UpdateApiKeyRequest\x1a!.edgekeys.v1.UpdateApiKeyResponse\x12_\n\x10\x41ttachDeployment\x12$.edgekeys.v1.AttachDeploymentRequest\x1a%.edgekeys.v1.AttachDeploymentResponse\x12_\n\x10\x44\x65tachDeployment\x12$.edgekeys.v1.DetachDeploymentRequest\x1a%.edgekeys.v1.DetachDeploymentResponse\x12S\n\x0c\x44\x65leteApiKey\x12 .edgekeys.v1.DeleteApiKeyRequest\x1a!.edgekeys.v1.DeleteApiKeyResponse\x12P\n\x0bPurgeApiKey\x12\x1f.edgekeys.v1.PurgeApiKeyRequest\x1a .edgekeys.v1.PurgeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64gekeys/v1/api_keys.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x04\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.edgekeys.v1.ApiKey.State\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hint\x18\n \x01(\t\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x12.\n\npurge_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x1bprevious_secret_expire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"s\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12$\n\x07\x61pi_key\x18\x03 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"L\n\x14\x43reateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\" \n\x10GetApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x11GetApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\xba\x01\n\x12ListApiKeysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x05 \x01(\x08\x12\x31\n\rexpire_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_by\x18\x07 \x01(\t\"U\n\x13ListApiKeysResponse\x12%\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x80\x01\n\x13UpdateApiKeyRequest\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x14UpdateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"]\n\x17\x41ttachDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x18\x41ttachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"]\n\x17\x44\x65tachDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x18\x44\x65tachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"E\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x14\x44\x65leteApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"D\n\x12PurgeApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x13PurgeApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"v\n\x13RotateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"L\n\x14RotateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"%\n\x13LookupApiKeyRequest\x12\x0e\n\x06secret\x18\x01 \x01(\t\"<\n\x14LookupApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey2\xea\x06\n\rApiKeyService\x12S\n\x0c\x43reateApiKey\x12 .edgekeys.v1.CreateApiKeyRequest\x1a!.edgekeys.v1.CreateApiKeyResponse\x12J\n\tGetApiKey\x12\x1d.edgekeys.v1.GetApiKeyRequest\x1a\x1e.edgekeys.v1.GetApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.edgekeys.v1.ListApiKeysRequest\x1a .edgekeys.v1.ListApiKeysResponse\x12S\n\x0cUpdateApiKey\x12 .edgekeys.v1.UpdateApiKeyRequest\x1a!.edgekeys.v1.UpdateApiKeyResponse\x12_\n\x10\x41ttachDeployment\x12$.edgekeys.v1.AttachDeploymentRequest\x1a%.edgekeys.v1.AttachDeploymentResponse\x12_\n\x10\x44\x65tachDeployment\x12$.edgekeys.v1.DetachDeploymentRequest\x1a%.edgekeys.v1.DetachDeploymentResponse\x12S\n\x0c\x44\x65leteApiKey\x12 .edgekeys.v1.DeleteApiKeyRequest\x1a!.edgekeys.v1.DeleteApiKeyResponse\x12P\n\x0bPurgeApiKey\x12\x1f.edgekeys.v1.PurgeApiKeyRequest\x1a .edgekeys.v1.PurgeApiKeyResponse\x12S\n\x0cRotateApiKey\x12 .edgekeys.v1.RotateApiKeyRequest\x1a!.edgekeys.v1.RotateApiKeyResponse\x12S\n\x0cLookupApiKey\x12 .edgekeys.v1.LookupApiKeyRequest\x1a!.edgekeys.v1.LookupApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgekeys.v1.api_keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APIKEY']._serialized_start=111
-  _globals['_APIKEY']._serialized_end=587
-  _globals['_APIKEY_STATE']._serialized_start=520
-  _globals['_APIKEY_STATE']._serialized_end=587
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=589
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=704
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=706
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=782
-  _globals['_GETAPIKEYREQUEST']._serialized_start=784
-  _globals['_GETAPIKEYREQUEST']._serialized_end=816
-  _globals['_GETAPIKEYRESPONSE']._serialized_start=818
-  _globals['_GETAPIKEYRESPONSE']._serialized_end=875
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=877
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=994
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=996
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1081
-  _globals['_UPDATEAPIKEYREQUEST']._serialized_start=1084
-  _globals['_UPDATEAPIKEYREQUEST']._serialized_end=1212
-  _globals['_UPDATEAPIKEYRESPONSE']._serialized_start=1214
-  _globals['_UPDATEAPIKEYRESPONSE']._serialized_end=1274
-  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_start=1276
-  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_end=1369
-  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_start=1371
-  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_end=1435
-  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_start=1437
-  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_end=1530
-  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_start=1532
-  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_end=1596
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1598
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1667
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1669
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1729
-  _globals['_PURGEAPIKEYREQUEST']._serialized_start=1731
-  _globals['_PURGEAPIKEYREQUEST']._serialized_end=1799
-  _globals['_PURGEAPIKEYRESPONSE']._serialized_start=1801
-  _globals['_PURGEAPIKEYRESPONSE']._serialized_end=1860
-  _globals['_APIKEYSERVICE']._serialized_start=1863
-  _globals['_APIKEYSERVICE']._serialized_end=2567
+  _globals['_APIKEY']._serialized_start=143
+  _globals['_APIKEY']._serialized_end=735
+  _globals['_APIKEY_STATE']._serialized_start=668
+  _globals['_APIKEY_STATE']._serialized_end=735
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=737
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=852
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=854
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=930
+  _globals['_GETAPIKEYREQUEST']._serialized_start=932
+  _globals['_GETAPIKEYREQUEST']._serialized_end=964
+  _globals['_GETAPIKEYRESPONSE']._serialized_start=966
+  _globals['_GETAPIKEYRESPONSE']._serialized_end=1023
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1026
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1212
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1214
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1299
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_start=1302
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_end=1430
+  _globals['_UPDATEAPIKEYRESPONSE']._serialized_start=1432
+  _globals['_UPDATEAPIKEYRESPONSE']._serialized_end=1492
+  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_start=1494
+  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_end=1587
+  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_start=1589
+  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_end=1653
+  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_start=1655
+  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_end=1748
+  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_start=1750
+  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_end=1814
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1816
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1885
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1887
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1947
+  _globals['_PURGEAPIKEYREQUEST']._serialized_start=1949
+  _globals['_PURGEAPIKEYREQUEST']._serialized_end=2017
+  _globals['_PURGEAPIKEYRESPONSE']._serialized_start=2019
+  _globals['_PURGEAPIKEYRESPONSE']._serialized_end=2078
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=2080
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=2198
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=2200
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=2276
+  _globals['_LOOKUPAPIKEYREQUEST']._serialized_start=2278
+  _globals['_LOOKUPAPIKEYREQUEST']._serialized_end=2315
+  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_start=2317
+  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_end=2377
+  _globals['_APIKEYSERVICE']._serialized_start=2380
+  _globals['_APIKEYSERVICE']._serialized_end=3254
 # @@protoc_insertion_point(module_scope)

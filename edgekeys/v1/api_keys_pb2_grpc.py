@@ -83,6 +83,16 @@ class ApiKeyServiceStub:
                 request_serializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyRequest.SerializeToString,
                 response_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/edgekeys.v1.ApiKeyService/RotateApiKey',
+                request_serializer=edgekeys_dot_v1_dot_api__keys__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.RotateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.LookupApiKey = channel.unary_unary(
+                '/edgekeys.v1.ApiKeyService/LookupApiKey',
+                request_serializer=edgekeys_dot_v1_dot_api__keys__pb2.LookupApiKeyRequest.SerializeToString,
+                response_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.LookupApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ApiKeyServiceServicer:
@@ -155,6 +165,24 @@ class ApiKeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateApiKey(self, request, context):
+        """Gives a key a new secret, returned only here. The old secret keeps working
+        for the grace period (at most 7 days, never past the key's expiry), so
+        clients can move over without downtime; then it stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupApiKey(self, request, context):
+        """Finds the key behind a secret, e.g. one a secret scanner found in a
+        repository: its current secret, or the one it had before its last
+        rotation. NOT_FOUND if none of the caller's projects has it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +225,16 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
                     servicer.PurgeApiKey,
                     request_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyRequest.FromString,
                     response_serializer=edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=edgekeys_dot_v1_dot_api__keys__pb2.RotateApiKeyResponse.SerializeToString,
+            ),
+            'LookupApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupApiKey,
+                    request_deserializer=edgekeys_dot_v1_dot_api__keys__pb2.LookupApiKeyRequest.FromString,
+                    response_serializer=edgekeys_dot_v1_dot_api__keys__pb2.LookupApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -424,6 +462,60 @@ class ApiKeyService:
             '/edgekeys.v1.ApiKeyService/PurgeApiKey',
             edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyRequest.SerializeToString,
             edgekeys_dot_v1_dot_api__keys__pb2.PurgeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgekeys.v1.ApiKeyService/RotateApiKey',
+            edgekeys_dot_v1_dot_api__keys__pb2.RotateApiKeyRequest.SerializeToString,
+            edgekeys_dot_v1_dot_api__keys__pb2.RotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgekeys.v1.ApiKeyService/LookupApiKey',
+            edgekeys_dot_v1_dot_api__keys__pb2.LookupApiKeyRequest.SerializeToString,
+            edgekeys_dot_v1_dot_api__keys__pb2.LookupApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

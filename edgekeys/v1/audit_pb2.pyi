@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuditEvent(_message.Message):
-    __slots__ = ("position", "api_key", "version", "event_type", "occur_time", "actor", "request_id", "hash", "personal_data_erased", "key_created", "details_changed", "deployment_attached", "deployment_detached", "expiry_changed", "key_deleted", "personal_data_purged")
+    __slots__ = ("position", "api_key", "version", "event_type", "occur_time", "actor", "request_id", "hash", "personal_data_erased", "key_created", "details_changed", "deployment_attached", "deployment_detached", "expiry_changed", "key_deleted", "personal_data_purged", "secret_rotated")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class AuditEvent(_message.Message):
     EXPIRY_CHANGED_FIELD_NUMBER: _ClassVar[int]
     KEY_DELETED_FIELD_NUMBER: _ClassVar[int]
     PERSONAL_DATA_PURGED_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ROTATED_FIELD_NUMBER: _ClassVar[int]
     position: int
     api_key: str
     version: int
@@ -44,7 +45,8 @@ class AuditEvent(_message.Message):
     expiry_changed: ExpiryChangedValues
     key_deleted: NoValues
     personal_data_purged: NoValues
-    def __init__(self, position: _Optional[int] = ..., api_key: _Optional[str] = ..., version: _Optional[int] = ..., event_type: _Optional[str] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ..., hash: _Optional[str] = ..., personal_data_erased: _Optional[bool] = ..., key_created: _Optional[_Union[KeyCreatedValues, _Mapping]] = ..., details_changed: _Optional[_Union[DetailsChangedValues, _Mapping]] = ..., deployment_attached: _Optional[_Union[DeploymentValues, _Mapping]] = ..., deployment_detached: _Optional[_Union[DeploymentValues, _Mapping]] = ..., expiry_changed: _Optional[_Union[ExpiryChangedValues, _Mapping]] = ..., key_deleted: _Optional[_Union[NoValues, _Mapping]] = ..., personal_data_purged: _Optional[_Union[NoValues, _Mapping]] = ...) -> None: ...
+    secret_rotated: SecretRotatedValues
+    def __init__(self, position: _Optional[int] = ..., api_key: _Optional[str] = ..., version: _Optional[int] = ..., event_type: _Optional[str] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ..., hash: _Optional[str] = ..., personal_data_erased: _Optional[bool] = ..., key_created: _Optional[_Union[KeyCreatedValues, _Mapping]] = ..., details_changed: _Optional[_Union[DetailsChangedValues, _Mapping]] = ..., deployment_attached: _Optional[_Union[DeploymentValues, _Mapping]] = ..., deployment_detached: _Optional[_Union[DeploymentValues, _Mapping]] = ..., expiry_changed: _Optional[_Union[ExpiryChangedValues, _Mapping]] = ..., key_deleted: _Optional[_Union[NoValues, _Mapping]] = ..., personal_data_purged: _Optional[_Union[NoValues, _Mapping]] = ..., secret_rotated: _Optional[_Union[SecretRotatedValues, _Mapping]] = ...) -> None: ...
 
 class KeyCreatedValues(_message.Message):
     __slots__ = ("display_name", "description", "deployments", "expire_time", "secret_hint")
@@ -73,6 +75,14 @@ class DeploymentValues(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     def __init__(self, deployment: _Optional[str] = ...) -> None: ...
+
+class SecretRotatedValues(_message.Message):
+    __slots__ = ("secret_hint", "previous_secret_expire_time")
+    SECRET_HINT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    secret_hint: str
+    previous_secret_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, secret_hint: _Optional[str] = ..., previous_secret_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExpiryChangedValues(_message.Message):
     __slots__ = ("expire_time",)

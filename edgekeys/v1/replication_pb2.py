@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gekeys/v1/replication.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x12StreamIndexRequest\x12\x16\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\"|\n\x13StreamIndexResponse\x12\r\n\x05reset\x18\x01 \x01(\x08\x12)\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x18.edgekeys.v1.IndexChange\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x19\n\x11snapshot_complete\x18\x04 \x01(\x08\"\x81\x02\n\x0bIndexChange\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.edgekeys.v1.IndexChange.State\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"\x19\n\x17GetReplicaStatusRequest\"\xb5\x01\n\x18GetReplicaStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x15\n\rhead_position\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x32\n\x0elast_sync_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08upstream\x18\x07 \x01(\t2\xc9\x01\n\x12ReplicationService\x12R\n\x0bStreamIndex\x12\x1f.edgekeys.v1.StreamIndexRequest\x1a .edgekeys.v1.StreamIndexResponse0\x01\x12_\n\x10GetReplicaStatus\x12$.edgekeys.v1.GetReplicaStatusRequest\x1a%.edgekeys.v1.GetReplicaStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gekeys/v1/replication.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x12StreamIndexRequest\x12\x16\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\"|\n\x13StreamIndexResponse\x12\r\n\x05reset\x18\x01 \x01(\x08\x12)\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x18.edgekeys.v1.IndexChange\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x19\n\x11snapshot_complete\x18\x04 \x01(\x08\"\xe2\x02\n\x0bIndexChange\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.edgekeys.v1.IndexChange.State\x12\x1e\n\x16previous_secret_sha256\x18\x07 \x01(\x0c\x12?\n\x1bprevious_secret_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"\x19\n\x17GetReplicaStatusRequest\"\xb5\x01\n\x18GetReplicaStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x15\n\rhead_position\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x32\n\x0elast_sync_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08upstream\x18\x07 \x01(\t2\xc9\x01\n\x12ReplicationService\x12R\n\x0bStreamIndex\x12\x1f.edgekeys.v1.StreamIndexRequest\x1a .edgekeys.v1.StreamIndexResponse0\x01\x12_\n\x10GetReplicaStatus\x12$.edgekeys.v1.GetReplicaStatusRequest\x1a%.edgekeys.v1.GetReplicaStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMINDEXRESPONSE']._serialized_start=125
   _globals['_STREAMINDEXRESPONSE']._serialized_end=249
   _globals['_INDEXCHANGE']._serialized_start=252
-  _globals['_INDEXCHANGE']._serialized_end=509
-  _globals['_INDEXCHANGE_STATE']._serialized_start=442
-  _globals['_INDEXCHANGE_STATE']._serialized_end=509
-  _globals['_GETREPLICASTATUSREQUEST']._serialized_start=511
-  _globals['_GETREPLICASTATUSREQUEST']._serialized_end=536
-  _globals['_GETREPLICASTATUSRESPONSE']._serialized_start=539
-  _globals['_GETREPLICASTATUSRESPONSE']._serialized_end=720
-  _globals['_REPLICATIONSERVICE']._serialized_start=723
-  _globals['_REPLICATIONSERVICE']._serialized_end=924
+  _globals['_INDEXCHANGE']._serialized_end=606
+  _globals['_INDEXCHANGE_STATE']._serialized_start=539
+  _globals['_INDEXCHANGE_STATE']._serialized_end=606
+  _globals['_GETREPLICASTATUSREQUEST']._serialized_start=608
+  _globals['_GETREPLICASTATUSREQUEST']._serialized_end=633
+  _globals['_GETREPLICASTATUSRESPONSE']._serialized_start=636
+  _globals['_GETREPLICASTATUSRESPONSE']._serialized_end=817
+  _globals['_REPLICATIONSERVICE']._serialized_start=820
+  _globals['_REPLICATIONSERVICE']._serialized_end=1021
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ class StreamIndexResponse(_message.Message):
     def __init__(self, reset: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[IndexChange, _Mapping]]] = ..., position: _Optional[int] = ..., snapshot_complete: _Optional[bool] = ...) -> None: ...
 
 class IndexChange(_message.Message):
-    __slots__ = ("position", "api_key", "secret_sha256", "deployments", "expire_time", "state")
+    __slots__ = ("position", "api_key", "secret_sha256", "deployments", "expire_time", "state", "previous_secret_sha256", "previous_secret_expire_time")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[IndexChange.State]
@@ -44,13 +44,17 @@ class IndexChange(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     position: int
     api_key: str
     secret_sha256: bytes
     deployments: _containers.RepeatedScalarFieldContainer[str]
     expire_time: _timestamp_pb2.Timestamp
     state: IndexChange.State
-    def __init__(self, position: _Optional[int] = ..., api_key: _Optional[str] = ..., secret_sha256: _Optional[bytes] = ..., deployments: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[IndexChange.State, str]] = ...) -> None: ...
+    previous_secret_sha256: bytes
+    previous_secret_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, position: _Optional[int] = ..., api_key: _Optional[str] = ..., secret_sha256: _Optional[bytes] = ..., deployments: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[IndexChange.State, str]] = ..., previous_secret_sha256: _Optional[bytes] = ..., previous_secret_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetReplicaStatusRequest(_message.Message):
     __slots__ = ()

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,6 +22,7 @@ from grpc_status import rpc_status
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
+from service import keyformat
 from tests.conftest import START, FakeClock, RunningServer
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -192,6 +194,14 @@ BAD_EXPIRE_TIMES: list[tuple[str, Timestamp]] = [
     ("expire-time-nanos-negative", timestamp(NOW + 3600, -1)),
     ("expire-time-nanos-a-second", timestamp(NOW + 3600, 1_000_000_000)),
 ]
+
+OUT_OF_RANGE = {
+    "expire-time-before-year-1",
+    "expire-time-after-year-9999",
+    "expire-time-int64-max",
+    "expire-time-nanos-negative",
+    "expire-time-nanos-a-second",
+}
 
 # Page tokens are sealed with an unkeyed hash, so any client can mint one; the server
 # must still refuse the content of a minted token rather than fail on it.
@@ -608,9 +618,67 @@ LIST_CASES = [
         show_deleted=True,
         page_token=lambda w: w.shared.page_token,
     ),
+    list_case("order-by-unknown", "order_by", order_by="name"),
+    list_case("order-by-descending", "order_by", order_by="expire_time desc"),
+    *[
+        list_case(f"expire-before-{label}", "expire_before", expire_before=stamp)
+        for label, stamp in BAD_EXPIRE_TIMES
+        if label in OUT_OF_RANGE  # a past moment is a fine filter
+    ],
+]
+
+
+def rotate_case(
+    label: str,
+    field: str | None,
+    *,
+    code: grpc.StatusCode = INVALID,
+    reason: str | None = None,
+    **options: Any,
+) -> Case:
+    def build(w: World) -> Message:
+        return pb.RotateApiKeyRequest(name=w.key.name, **options)
+
+    return Case(f"RotateApiKey-{label}", "RotateApiKey", build, field, code, reason)
+
+
+ROTATE_CASES = [
+    *key_name_cases("RotateApiKey", "name", lambda name: pb.RotateApiKeyRequest(name=name)),
+    *[
+        rotate_case(f"request-id-{label}", "request_id", request_id=bad)
+        for label, bad in BAD_REQUEST_IDS
+    ],
+    *[
+        rotate_case(label, "etag", etag=bad, code=grpc.StatusCode.ABORTED, reason="ETAG_MISMATCH")
+        for label, bad in BAD_ETAGS
+    ],
+    rotate_case("grace-negative", "grace_period", grace_period=Duration(seconds=-1)),
+    rotate_case("grace-bad-nanos", "grace_period", grace_period=Duration(nanos=-5)),
+    rotate_case("grace-over-7-days", "grace_period", grace_period=Duration(seconds=7 * 86400 + 1)),
+    rotate_case("grace-huge", "grace_period", grace_period=Duration(seconds=315_576_000_000)),
+]
+
+
+def lookup_case(
+    label: str, secret: str, field: str | None, code: grpc.StatusCode = INVALID
+) -> Case:
+    def build(w: World) -> Message:
+        return pb.LookupApiKeyRequest(secret=secret)
+
+    reason = "API_KEY_NOT_FOUND" if code == grpc.StatusCode.NOT_FOUND else None
+    return Case(f"LookupApiKey-{label}", "LookupApiKey", build, field, code, reason)
+
+
+LOOKUP_CASES = [
+    lookup_case("empty", "", "secret"),
+    lookup_case("not-a-key", "hunter2", "secret"),
+    lookup_case("bad-checksum", "edk_" + "0" * 49, "secret"),
+    lookup_case("unknown", keyformat.new_secret(), None, grpc.StatusCode.NOT_FOUND),
 ]
 
 MANAGEMENT_CASES = [
+    *ROTATE_CASES,
+    *LOOKUP_CASES,
     *CREATE_CASES,
     *GET_CASES,
     *LIST_CASES,

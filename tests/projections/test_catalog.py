@@ -129,6 +129,8 @@ def test_process_applies_created_keys_and_moves_the_position(catalog: Catalog, l
         secret_hint=key.secret_hint,
         version=1,
         position=1,
+        previous_secret_until=None,
+        last_use_time=None,
     )
 
 
