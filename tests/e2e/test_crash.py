@@ -8,7 +8,10 @@ crash-test` runs 500 and prints a summary)."""
 
 import os
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +35,8 @@ from projections.index import ValidationIndex
 from projections.projector import Projector
 from service.application import KeyStore, utc_now
 from service.database import sql_engine
-from tests.e2e.conftest import PROJECT, Node, ServeProcess
+from tests.e2e.conftest import PROJECT, ROOT, Node, ServeProcess
+from tests.e2e.kill_after_commit import POINTS
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.both_stores
@@ -41,6 +45,12 @@ ITERATIONS = int(os.environ.get("EDGEKEYS_CRASH_ITERATIONS", "10"))
 THREADS = 3
 DEPLOYMENTS = [f"{PROJECT}/deployments/model-{i}" for i in range(5)]
 LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# Where each kill point of kill_after_commit leaves the catalog and the audit log.
+POINTS_LEFT_AT = {
+    "before the projections": (1, 1),
+    "inside the catalog's transaction": (1, 1),
+    "between the catalog and the audit log": (2, 1),
+}
 # Everything derived from events, compared row by row with a replay's.
 TABLES = [catalog.keys, catalog.key_deployments, catalog.tracking, audit.audit_log]
 
@@ -305,3 +315,39 @@ def test_acknowledged_changes_survive_kills_and_nothing_is_half_applied(
         f"{time.monotonic() - started:.0f} s"
     )
     assert tally.kills_in_flight > 0
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_projection_killed_after_the_commit_applies_the_event_once_at_restart(
+    store: str, tmp_path: Path, point: str
+) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.kill_after_commit", store, point],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    store_engine = sql_engine(store)
+    with replaying(store, tmp_path) as replay:
+        head = replay.keys.recorder.max_notification_id()
+        assert head == 2
+        with store_engine.connect() as conn:
+            projected = conn.execute(sa.select(catalog.tracking.c.position)).scalar()
+            logged = conn.execute(sa.select(sa.func.max(audit.audit_log.c.position))).scalar()
+        assert (projected, logged) == POINTS_LEFT_AT[point]
+        node = Node(ServeProcess(store), tmp_path / "serve.log")
+        try:
+            node.start()
+            check_derived_state(node, replay, store_engine)
+            with store_engine.connect() as conn:
+                positions = conn.execute(sa.select(audit.audit_log.c.position)).scalars().all()
+            assert sorted(positions) == [1, 2]
+            listed = node.keys.ListApiKeys(pb.ListApiKeysRequest(parent=PROJECT), timeout=10)
+            assert [k.name for k in listed.api_keys] == [
+                f"{PROJECT}/apiKeys/before-crash",
+                f"{PROJECT}/apiKeys/the-crash",
+            ]
+        finally:
+            node.close()
+            store_engine.dispose()
