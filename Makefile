@@ -4,13 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint protos bench bench-scale soak bench-tools clean
+.PHONY: run test crash-test lint protos bench bench-scale soak bench-tools clean
 
 run: $(INSTALLED)
 	$(BIN)/edgekeys serve
 
 test: $(INSTALLED) lint
 	$(BIN)/python -m pytest
+
+# 500 SIGKILLs of `edgekeys serve` per store (SQLite, PostgreSQL), with requests in
+# flight; `make test` runs 10 of each. Prints a summary per store.
+CRASH_ITERATIONS ?= 500
+crash-test: $(INSTALLED)
+	EDGEKEYS_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(BIN)/python -m pytest -s -q \
+		--timeout 0 tests/e2e/test_crash.py::test_acknowledged_changes_survive_kills_and_nothing_is_half_applied
 
 lint: $(INSTALLED)
 	$(BIN)/buf lint

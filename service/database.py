@@ -136,7 +136,12 @@ def _postgres_engine(url: URL) -> sa.Engine:
         pool_size=4,
         max_overflow=8,
         pool_timeout=CONNECT_TIMEOUT,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "edgekeys"},
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "edgekeys",
+            # Durable commits even where the database's default was relaxed for speed.
+            "options": "-c synchronous_commit=on",
+        },
     )
 
     @sa.event.listens_for(engine, "begin")
@@ -158,6 +163,9 @@ def _sqlite_engine(database_url: str) -> sa.Engine:
         # Overwrite what is deleted or replaced, so purged personal data and destroyed
         # data keys leave no copy in free pages.
         connection.execute("PRAGMA secure_delete = ON")
+        # SQLite's usual default, made explicit: the WAL is synced at every commit, so
+        # an acknowledged change survives a power cut, not just a crash of the process.
+        connection.execute("PRAGMA synchronous = FULL")
 
     @sa.event.listens_for(engine, "begin")
     def begin(connection: sa.Connection) -> None:
