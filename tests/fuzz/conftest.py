@@ -27,3 +27,9 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("ci")
+
+
+def scaled(factor: int) -> settings:
+    """The current profile's settings with `factor` times its examples: for tests whose
+    examples take a millisecond, not a server's lifetime."""
+    return settings(max_examples=factor * settings().max_examples)

@@ -1,13 +1,14 @@
 """service/keyformat.py's is_well_formed, fuzzed: it never raises and agrees with a
 reference written from the format's definition (prefix, length, base62, CRC32)."""
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from service import keyformat
+from tests.fuzz.conftest import scaled
 from tests.test_keyformat import BASE62, checksum, with_checksum
 
-FUZZ = settings(max_examples=40 * settings.default.max_examples)
+FUZZ = scaled(40)
 bodies = st.text(alphabet=BASE62, min_size=43, max_size=43)
 
 
