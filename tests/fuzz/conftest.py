@@ -19,7 +19,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "long",
-    max_examples=1000,
+    max_examples=300,
     stateful_step_count=60,
     database=None,
     deadline=None,  # the calls carry their own timeouts: a hang fails as DEADLINE_EXCEEDED
