@@ -4,13 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint protos bench bench-scale bench-tools clean
+.PHONY: run test lint fuzz protos bench bench-scale bench-tools clean
 
 run: $(INSTALLED)
 	$(BIN)/edgekeys serve
 
 test: $(INSTALLED) lint
 	$(BIN)/python -m pytest
+
+# The Hypothesis tests of tests/fuzz at length (profile "long"; `make test` runs them
+# bounded, profile "ci"), with what each ran.
+fuzz: $(INSTALLED)
+	$(BIN)/python -m pytest tests/fuzz --hypothesis-profile=long --hypothesis-show-statistics \
+		-p no:cacheprovider -v --timeout=3600
 
 lint: $(INSTALLED)
 	$(BIN)/buf lint
