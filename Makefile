@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test crash-test lint protos bench bench-scale soak bench-tools clean
+.PHONY: run test crash-test fuzz lint protos bench bench-scale soak bench-tools clean
 
 run: $(INSTALLED)
 	$(BIN)/edgekeys serve
@@ -18,6 +18,12 @@ CRASH_ITERATIONS ?= 500
 crash-test: $(INSTALLED)
 	EDGEKEYS_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(BIN)/python -m pytest -s -q \
 		--timeout 0 tests/e2e/test_crash.py::test_acknowledged_changes_survive_kills_and_nothing_is_half_applied
+
+# The Hypothesis tests of tests/fuzz at length (profile "long"; `make test` runs them
+# bounded, profile "ci"), with what each ran.
+fuzz: $(INSTALLED)
+	$(BIN)/python -m pytest tests/fuzz --hypothesis-profile=long --hypothesis-show-statistics \
+		-p no:cacheprovider -v --timeout=3600
 
 lint: $(INSTALLED)
 	$(BIN)/buf lint
