@@ -23,6 +23,8 @@ def answers(address: str, names: list[str], secrets: list[str]) -> list[object]:
             keys.ListApiKeys(pb.ListApiKeysRequest(parent="projects/acme", show_deleted=s))
             for s in (False, True)
         ]
+        for key in [*gets, *(k for listed in lists for k in listed.api_keys)]:
+            key.ClearField("last_use_time")  # moves with the validations below
         verdicts = [
             validation.ValidateApiKey(
                 vpb.ValidateApiKeyRequest(secret=s, deployment=f"projects/acme/deployments/{d}")
