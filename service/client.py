@@ -72,7 +72,9 @@ def client_options() -> argparse.ArgumentParser:
 
 
 def add_commands(commands: Any, options: argparse.ArgumentParser) -> None:
-    audit = commands.add_parser("audit", help="history, log and proof for auditors")
+    audit = commands.add_parser(
+        "audit", parents=[options], help="history, log and proof for auditors"
+    )
     verbs = audit.add_subparsers(dest="verb", required=True)
 
     history = verbs.add_parser("history", parents=[options], help="every event of one key")

@@ -36,7 +36,9 @@ def expiry(text: str) -> Expiry:
 
 
 def add_commands(commands: Any, options: argparse.ArgumentParser) -> None:
-    group = commands.add_parser("keys", help="create, list, change and validate API keys")
+    group = commands.add_parser(
+        "keys", parents=[options], help="create, list, change and validate API keys"
+    )
     verbs = _Verbs(group.add_subparsers(dest="verb", required=True), options)
 
     create = verbs.add("create", keys_create, "create a key; its secret is printed once")
