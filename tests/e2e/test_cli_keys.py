@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import pytest
@@ -21,11 +20,8 @@ SECRET = re.compile(r"edk_[0-9A-Za-z]{49}")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path_factory.mktemp("cli-keys") / "edgekeys.db")
-    process.start()
-    yield process
-    process.stop()
+def served(served_per_module: ServeProcess) -> ServeProcess:
+    return served_per_module
 
 
 class Result(NamedTuple):
