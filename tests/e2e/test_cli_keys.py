@@ -12,7 +12,7 @@ import pytest
 
 from service import client_keys
 from service.cli import main
-from tests.e2e.conftest import BIN, ServeProcess
+from tests.e2e.conftest import BIN, ROOT, ServeProcess
 
 LLAMA = "projects/acme/deployments/llama-3"
 MISTRAL = "projects/acme/deployments/mistral"
@@ -337,3 +337,25 @@ def test_bad_arguments_get_the_usage_line_and_exit_2(cli: Cli) -> None:
     assert result.code == 2
     assert result.err.startswith("usage: edgekeys keys create")
     assert result.err.splitlines()[-1].endswith("not a date or ISO time: 'soon'")
+
+
+# the README ---------------------------------------------------------------------
+
+
+def test_the_readme_command_line_tour_runs_as_it_stands(served: ServeProcess) -> None:
+    section = (ROOT / "README.md").read_text().split("## Command line\n")[1].split("\n## ")[0]
+    script = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script.replace(".venv/bin/", f"{BIN}/")],
+        env={**os.environ, "EDGEKEYS_SERVER": served.address},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    row = r"projects/acme/apiKeys/portal-web +Portal \(web\) +llama-3,mistral +2027-01-31T00:00:00Z"
+    assert re.search(row + " +ACTIVE +edk_", result.stdout)
+    assert "VERDICT_ALLOWED  projects/acme/apiKeys/portal-web" in result.stdout
+    assert "state:         DELETED" in result.stdout
+    assert "Traceback" not in result.stderr
