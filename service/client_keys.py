@@ -72,9 +72,11 @@ def add_commands(commands: Any, options: argparse.ArgumentParser) -> None:
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     validate = verbs.add(
-        "validate", keys_validate, "ask, as a gateway does, whether a secret may reach a deployment"
+        "validate",
+        keys_validate,
+        "ask, as a gateway does, whether a secret may reach a deployment (exit code 0: allowed)",
     )
-    _deployment_option(validate, "projects/P/deployments/D", required=True)
+    validate.add_argument("--deployment", required=True, help="projects/P/deployments/D")
     validate.add_argument(
         "secret",
         nargs="?",
