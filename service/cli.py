@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy.exc
 from eventsourcing import persistence
 
-from service import callers, client, config, sealing
+from service import callers, client, client_keys, config, sealing
 from service.application import KeyStore, UnreadableStore, utc_now
 from service.database import redacted
 from service.migration import copy_store
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     config.add_arguments(serve)
     _add_callers_commands(commands, options)
     _add_store_commands(commands)
+    client_keys.add_commands(commands, options)
     client.add_commands(commands, options)
     arguments = parser.parse_args(argv)
     if arguments.command == "callers":

@@ -17,8 +17,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
-from edgekeys.v1 import audit_pb2_grpc
 from service.config import is_loopback
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -33,6 +33,14 @@ class Client:
     @property
     def audit(self) -> audit_pb2_grpc.AuditServiceStub:
         return audit_pb2_grpc.AuditServiceStub(self.channel)
+
+    @property
+    def keys(self) -> api_keys_pb2_grpc.ApiKeyServiceStub:
+        return api_keys_pb2_grpc.ApiKeyServiceStub(self.channel)
+
+    @property
+    def validation(self) -> validation_pb2_grpc.ValidationServiceStub:
+        return validation_pb2_grpc.ValidationServiceStub(self.channel)
 
     def emit(self, message: Message) -> None:
         """One message as a line of protobuf JSON (proto field names)."""
@@ -64,7 +72,9 @@ def client_options() -> argparse.ArgumentParser:
 
 
 def add_commands(commands: Any, options: argparse.ArgumentParser) -> None:
-    audit = commands.add_parser("audit", help="history, log and proof for auditors")
+    audit = commands.add_parser(
+        "audit", parents=[options], help="history, log and proof for auditors"
+    )
     verbs = audit.add_subparsers(dest="verb", required=True)
 
     history = verbs.add_parser("history", parents=[options], help="every event of one key")
@@ -253,7 +263,7 @@ def _print_events(client: Client, events: Iterable[apb.AuditEvent]) -> None:
         change = f"{event.api_key}  {_change(event)}".rstrip()
         line = row.format(
             event.position,
-            _time(event.occur_time),
+            utc_time(event.occur_time),
             event.event_type,
             event.version,
             event.actor[:16],
@@ -268,7 +278,7 @@ def _change(event: apb.AuditEvent) -> str:
     match event.WhichOneof("values"):
         case "key_created":
             created = event.key_created
-            expiry = _time(created.expire_time) if created.HasField("expire_time") else "never"
+            expiry = utc_time(created.expire_time) if created.HasField("expire_time") else "never"
             deployments = ",".join(created.deployments)
             return (
                 f"name={created.display_name!r} deployments={deployments} expires={expiry}{erased}"
@@ -288,11 +298,11 @@ def _change(event: apb.AuditEvent) -> str:
         case "expiry_changed":
             changed = event.expiry_changed
             return "expires=" + (
-                _time(changed.expire_time) if changed.HasField("expire_time") else "never"
+                utc_time(changed.expire_time) if changed.HasField("expire_time") else "never"
             )
         case _:
             return ""
 
 
-def _time(stamp: Any) -> str:
+def utc_time(stamp: Any) -> str:
     return str(stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -80,6 +80,15 @@ class ServeProcess:
         return self.process.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def served_per_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """One `edgekeys serve` shared by a module's tests (each makes keys of its own)."""
+    process = ServeProcess(tmp_path_factory.mktemp("served") / "edgekeys.db")
+    process.start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ServeProcess]:
     process = ServeProcess(tmp_path / "edgekeys.db")

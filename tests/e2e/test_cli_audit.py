@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,11 +17,8 @@ LLAMA = "projects/acme/deployments/llama"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path_factory.mktemp("cli") / "edgekeys.db")
-    process.start()
-    yield process
-    process.stop()
+def served(served_per_module: ServeProcess) -> ServeProcess:
+    return served_per_module
 
 
 def edgekeys(served: ServeProcess, *arguments: str) -> subprocess.CompletedProcess[str]:
