@@ -9,7 +9,7 @@ import getpass
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from google.protobuf.message import Message
@@ -70,6 +70,22 @@ def add_commands(commands: Any, options: argparse.ArgumentParser) -> None:
 
     delete = verbs.add_key("delete", keys_delete, "delete a key, at once and for good", etag=True)
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    rotate = verbs.add_key(
+        "rotate", keys_rotate, "give a key a new secret, printed once", etag=True
+    )
+    rotate.add_argument(
+        "--grace",
+        type=grace,
+        default=timedelta(0),
+        help="how long the old secret keeps working: 30m, 24h, 7d (at most); default 0",
+    )
+
+    verbs.add(
+        "lookup",
+        keys_lookup,
+        "the key behind a secret (read from stdin: a command line is visible to others)",
+    )
 
     validate = verbs.add(
         "validate",
@@ -255,6 +271,29 @@ def keys_delete(client: Client, arguments: argparse.Namespace) -> int:
     return 0
 
 
+def keys_rotate(client: Client, arguments: argparse.Namespace) -> int:
+    request = pb.RotateApiKeyRequest(name=arguments.key, etag=arguments.etag)
+    request.grace_period.FromTimedelta(arguments.grace)
+    response = client.keys.RotateApiKey(request)
+    until = response.api_key.previous_secret_expire_time
+    old = f"the old one works until {utc_time(until)}" if until.seconds else "the old one no more"
+    _print_secret(client, response, f"rotated {arguments.key}; {old}")
+    return 0
+
+
+def keys_lookup(client: Client, arguments: argparse.Namespace) -> int:
+    _show(client, client.keys.LookupApiKey(pb.LookupApiKeyRequest(secret=read_secret())))
+    return 0
+
+
+def grace(text: str) -> timedelta:
+    """30s, 45m, 24h or 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number and s, m, h or d, not {text!r}")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
 def keys_validate(client: Client, arguments: argparse.Namespace) -> int:
     request = vpb.ValidateApiKeyRequest(
         secret=arguments.secret or read_secret(), deployment=arguments.deployment
@@ -311,6 +350,11 @@ def _show(client: Client, response: Message) -> None:
     ]
     if key.HasField("delete_time"):
         fields.append(("deleted", utc_time(key.delete_time)))
+    if key.HasField("previous_secret_expire_time"):
+        fields.append(("old secret to", utc_time(key.previous_secret_expire_time)))
+    fields.append(
+        ("last used", utc_time(key.last_use_time) if key.HasField("last_use_time") else "-")
+    )
     fields.append(("etag", key.etag))
     for label, value in fields:
         print(f"{label + ':':<14} {value}".rstrip(), file=client.out)

@@ -359,3 +359,25 @@ def test_the_readme_command_line_tour_runs_as_it_stands(served: ServeProcess) ->
     assert "VERDICT_ALLOWED  projects/acme/apiKeys/portal-web" in result.stdout
     assert "state:         DELETED" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_rotate_prints_the_new_secret_once_and_lookup_reads_a_secret_from_stdin(
+    cli: Cli,
+) -> None:
+    created = cli.create()
+    name, old = created["api_key"]["name"], created["secret"]
+    rotated = cli("keys", "rotate", name, "--grace", "24h")
+    assert rotated.code == 0, rotated.err
+    new = rotated.out.strip()
+    assert SECRET.fullmatch(new) and new != old
+    assert "the old one works until" in rotated.err and "copy it now" in rotated.err
+    for secret in (old, new):  # the key behind either secret
+        found = cli("keys", "lookup", "--json", stdin=io.StringIO(secret + "\n"))
+        assert found.code == 0, found.err
+        assert found.json()["api_key"]["name"] == name
+    assert cli("keys", "validate", "--deployment", LLAMA, stdin=io.StringIO(old)).code == 0
+    shown = cli("keys", "get", name)
+    assert "old secret to:" in shown.out and "last used:" in shown.out
+    too_long = cli("keys", "rotate", name, "--grace", "8d")
+    assert too_long.code == 1 and "grace_period" in too_long.err
+    assert cli("keys", "rotate", name, "--grace", "soon").code == 2
