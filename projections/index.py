@@ -42,7 +42,7 @@ JOURNAL = 100_000  # changes remembered for followers that resume
 
 
 class Change(NamedTuple):
-    """A key's entry as a change at `position` left it (deleted: the entry removed)."""
+    """A key changed at `position`: its entry as it is now (deleted: the key is gone)."""
 
     position: int
     entry: Entry
@@ -61,8 +61,10 @@ class ValidationIndex:
         # By the key's aggregate ID as an int: 40 bytes a key fewer than UUID objects.
         self._by_id: dict[int, Entry] = {}
         self._lock = threading.Lock()
-        # Each change, oldest first; complete for every position from `_journal_start` on.
-        self._journal: deque[Change] = deque(maxlen=journal or JOURNAL)
+        # Each change as (position, key ID, key name), oldest first; complete for every
+        # position from `_journal_start` on. Not the entries: what a follower needs is
+        # each key as it is now, and a tuple of shared objects costs 80 bytes a change.
+        self._journal: deque[tuple[int, int, str]] = deque(maxlen=journal or JOURNAL)
         self._journal_start = 0
 
     def __len__(self) -> int:
@@ -171,11 +173,7 @@ class ValidationIndex:
             self._journal.clear()
             self._journal_start = start
             for position, key_id, name in touched:
-                entry = self._by_id.get(key_id.int)
-                if entry is None:
-                    self._journal_append(position, Entry(b"", name, frozenset(), None), True)
-                else:
-                    self._journal_append(position, entry, False)
+                self._journal_append(position, key_id.int, name)
 
     # What followers read.
 
@@ -192,12 +190,19 @@ class ValidationIndex:
         with self._lock:
             if position < self._journal_start or position > self.position:
                 return None
-            latest: dict[str, Change] = {}
-            for change in reversed(self._journal):
-                if change.position <= position:
+            latest: dict[int, tuple[int, str]] = {}
+            for changed_at, key_id, name in reversed(self._journal):
+                if changed_at <= position:
                     break
-                latest.setdefault(change.entry.name, change)
-            return self.position, list(reversed(latest.values()))
+                latest.setdefault(key_id, (changed_at, name))
+            changes = []
+            for key_id, (changed_at, name) in reversed(latest.items()):
+                entry = self._by_id.get(key_id)
+                gone = entry is None
+                changes.append(
+                    Change(changed_at, entry or Entry(b"", name, frozenset(), None), gone)
+                )
+            return self.position, changes
 
     def _put(self, position: int, key_id: int, entry: Entry) -> None:
         """Hold `entry` for the key, under its digests; drop digests it no longer has."""
@@ -210,16 +215,16 @@ class ValidationIndex:
             for digest in (old.digest, old.previous):
                 if digest and digest not in (entry.digest, entry.previous):
                     del self._by_digest[digest]
-        self._journal_append(position, entry, False)
+        self._journal_append(position, key_id, entry.name)
 
     def _remove(self, position: int, key_id: int) -> None:
         entry = self._by_id.pop(key_id)
         for digest in (entry.digest, entry.previous):
             if digest:
                 del self._by_digest[digest]
-        self._journal_append(position, entry, True)
+        self._journal_append(position, key_id, entry.name)
 
-    def _journal_append(self, position: int, entry: Entry, deleted: bool) -> None:
+    def _journal_append(self, position: int, key_id: int, name: str) -> None:
         if len(self._journal) == self._journal.maxlen:
-            self._journal_start = self._journal[0].position  # about to be forgotten
-        self._journal.append(Change(position, entry, deleted))
+            self._journal_start = self._journal[0][0]  # about to be forgotten
+        self._journal.append((position, key_id, name))

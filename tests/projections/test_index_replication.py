@@ -71,7 +71,7 @@ def test_changes_after_a_position_come_once_per_key_in_their_latest_state() -> N
     position, changes = found
     assert position == 5
     assert summary(changes) == [
-        (4, two.name, frozenset({LLAMA}), True),  # the entry it removed
+        (4, two.name, frozenset(), True),  # deleted: its name is all a follower needs
         (5, one.name, frozenset({MISTRAL}), False),
     ]
     assert index.changes_after(5) == (5, [])
