@@ -12,16 +12,14 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from projections.catalog import Catalog
-from projections.index import ValidationIndex
 from service import callers, keyformat, requests
-from service.application import Clock, KeyStore, etag_of
+from service.application import KeyStore, etag_of
 from service.callers import Caller, authorize, current, key_project
 from service.domain import KeyNotFound, StaleEtag
 from service.errors import InvalidArgument
-from service.freshness import Freshness
 from service.last_use import LastUse
 from service.names import KeyName, deployment_project
-from service.ratelimit import FailureLimiter
+from service.validator import Validator
 from service.writer import Writer
 
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
@@ -297,28 +295,17 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     """The gateways' hot path: memory only, no exception raised for a denial."""
 
-    def __init__(
-        self,
-        index: ValidationIndex,
-        clock: Clock,
-        freshness: Freshness | None = None,
-        failures: FailureLimiter | None = None,
-        uses: dict[str, datetime] | None = None,
-    ) -> None:
-        self.index = index
-        self.clock = clock
-        self.freshness = freshness  # an edge follower's: refuse to answer once stale
-        self.failures = failures  # per end client (client_address)
-        self.uses = uses  # key name → last ALLOWED (see service.last_use)
+    def __init__(self, validator: Validator) -> None:
+        self.validator = validator
 
     async def ValidateApiKey(
         self, request: vpb.ValidateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> vpb.ValidateApiKeyResponse:
         requests.deployment(request.deployment)
         scope = callers.scope(deployment_project(request.deployment))
-        if self.freshness is not None and self.freshness.stale():
-            await context.abort_with_status(self.freshness.status())
-        return self._validate(request, self.clock(), scope)
+        if stale := self.validator.stale():
+            await context.abort_with_status(stale.status())
+        return self._validate(request, self.validator.clock(), scope)
 
     async def ValidateApiKeys(
         self, request: vpb.ValidateApiKeysRequest, context: grpc.aio.ServicerContext
@@ -328,9 +315,9 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         for i, item in enumerate(request.requests):
             requests.deployment(item.deployment, f"requests[{i}].deployment")
         scopes = [callers.scope(deployment_project(item.deployment)) for item in request.requests]
-        if self.freshness is not None and self.freshness.stale():
-            await context.abort_with_status(self.freshness.status())
-        now = self.clock()
+        if stale := self.validator.stale():
+            await context.abort_with_status(stale.status())
+        now = self.validator.clock()
         return vpb.ValidateApiKeysResponse(
             responses=[
                 self._validate(item, now, scope)
@@ -341,19 +328,11 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     def _validate(
         self, request: vpb.ValidateApiKeyRequest, now: datetime, scope: Caller | None
     ) -> vpb.ValidateApiKeyResponse:
-        client = request.client_address
-        failures = self.failures
-        if client and failures is not None and failures.limited(client):
-            return _verdict(vpb.VERDICT_RATE_LIMITED, "", None)
-        verdict, entry = self.index.check(request.secret, request.deployment, now)
-        if verdict != vpb.VERDICT_ALLOWED and client and failures is not None:
-            failures.failed(client)
+        verdict, entry = self.validator.verdict(
+            request.secret, request.deployment, request.client_address, scope, now
+        )
         if entry is None:
             return _verdict(verdict, "", None)
-        if scope is not None and not scope.may_touch(key_project(entry.name)):
-            return _verdict(vpb.VERDICT_NOT_FOUND, "", None)  # another project's key
-        if verdict == vpb.VERDICT_ALLOWED and self.uses is not None:
-            self.uses[entry.name] = now
         return _verdict(verdict, entry.name, entry.expire_time)
 
 

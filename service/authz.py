@@ -10,7 +10,6 @@ sent). Allowed requests go upstream without either header and with
 import functools
 import json
 from collections.abc import Mapping
-from datetime import datetime
 
 import grpc
 from google.rpc import code_pb2, status_pb2
@@ -24,12 +23,10 @@ from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import (
     OkHttpResponse,
 )
 from edgekeys.vendor.envoy.type.v3.http_status_pb2 import HttpStatus
-from projections.index import ValidationIndex
-from service.application import Clock
-from service.callers import key_project, scope
-from service.freshness import REASON, Freshness
+from service.callers import scope
+from service.freshness import REASON
 from service.names import deployment_project
-from service.ratelimit import FailureLimiter
+from service.validator import Validator
 
 KEY_HEADER = "x-api-key"
 IDENTITY_HEADER = "x-edgekeys-api-key"
@@ -107,19 +104,8 @@ def _stale(message: str) -> CheckResponse:
 
 
 class AuthorizationService:
-    def __init__(
-        self,
-        index: ValidationIndex,
-        clock: Clock,
-        freshness: Freshness | None = None,
-        failures: FailureLimiter | None = None,
-        uses: dict[str, datetime] | None = None,
-    ) -> None:
-        self.index = index
-        self.clock = clock
-        self.freshness = freshness  # an edge follower's: deny with 503 once stale
-        self.failures = failures  # per end client: the request's source address
-        self.uses = uses  # key name → last ALLOWED (see service.last_use)
+    def __init__(self, validator: Validator) -> None:
+        self.validator = validator
 
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext
@@ -133,22 +119,16 @@ class AuthorizationService:
         secret = presented_key(attributes.request.http.headers)
         if secret is None:
             return MISSING
-        if self.freshness is not None and self.freshness.stale():
-            return _stale(self.freshness.explanation())
+        if stale := self.validator.stale():
+            return _stale(stale.explanation())
         client = attributes.source.address.socket_address.address  # no port: one client
-        failures = self.failures
-        if client and failures is not None and failures.limited(client):
+        verdict, entry = self.validator.verdict(
+            secret, deployment, client, limited_to, self.validator.clock()
+        )
+        if verdict == vpb.VERDICT_RATE_LIMITED:
             return RATE_LIMITED
-        now = self.clock()
-        verdict, entry = self.index.check(secret, deployment, now)
-        if verdict != vpb.VERDICT_ALLOWED and client and failures is not None:
-            failures.failed(client)
-        if entry is not None and limited_to and not limited_to.may_touch(key_project(entry.name)):
-            return DENIALS[vpb.VERDICT_NOT_FOUND]  # another project's key
         if verdict != vpb.VERDICT_ALLOWED or entry is None:
             return DENIALS[verdict]
-        if self.uses is not None:
-            self.uses[entry.name] = now
         return _allowed(entry.name)
 
 

@@ -34,6 +34,7 @@ from service.callers import current, key_project
 from service.config import Settings
 from service.errors import InvalidArgument, unavailable
 from service.freshness import Freshness
+from service.validator import Validator
 
 log = logging.getLogger(__name__)
 
@@ -333,17 +334,19 @@ class FollowerServer:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
         self.gate = exposure.gate(settings)
         self.inflight = rpc.InFlight()
-        failures = exposure.validation_failures(settings)
+        validator = Validator(
+            self.index, clock, self.freshness, exposure.validation_failures(settings)
+        )
         rpc.register(
             self.server,
-            ValidationService(self.index, clock, self.freshness, failures),
+            ValidationService(validator),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
             lossy=True,
         )
         rpc.register(
             self.server,
-            AuthorizationService(self.index, clock, self.freshness, failures),
+            AuthorizationService(validator),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
         )

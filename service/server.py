@@ -26,6 +26,7 @@ from service.database import is_postgres, redacted
 from service.last_use import LastUse
 from service.listener import StoreListener
 from service.replication import ReplicationService, StoreStatus
+from service.validator import Validator
 from service.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,12 @@ class EdgeKeysServer:
         self.store_available = True
         self.gate = exposure.gate(settings)
         self.inflight = rpc.InFlight()
-        failures = exposure.validation_failures(settings)
+        validator = Validator(
+            self.index,
+            clock,
+            failures=exposure.validation_failures(settings),
+            uses=self.last_use.pending,
+        )
         rpc.register(
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer, self.last_use),
@@ -74,7 +80,7 @@ class EdgeKeysServer:
         )
         rpc.register(
             self.server,
-            ValidationService(self.index, clock, failures=failures, uses=self.last_use.pending),
+            ValidationService(validator),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
             lossy=True,
@@ -87,7 +93,7 @@ class EdgeKeysServer:
         )
         rpc.register(
             self.server,
-            AuthorizationService(self.index, clock, failures=failures, uses=self.last_use.pending),
+            AuthorizationService(validator),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
         )
