@@ -18,7 +18,7 @@ from service.callers import Caller, authorize, current, key_project
 from service.domain import KeyNotFound, StaleEtag
 from service.errors import InvalidArgument
 from service.last_use import LastUse
-from service.names import KeyName, deployment_project
+from service.names import KeyName
 from service.validator import Validator
 from service.writer import Writer
 
@@ -302,7 +302,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         self, request: vpb.ValidateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> vpb.ValidateApiKeyResponse:
         requests.deployment(request.deployment)
-        scope = callers.scope(deployment_project(request.deployment))
+        scope = callers.scope(request.deployment)
         if stale := self.validator.stale():
             await context.abort_with_status(stale.status())
         return self._validate(request, self.validator.clock(), scope)
@@ -314,7 +314,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             raise InvalidArgument("requests", f"at most {MAX_BATCH} items per call")
         for i, item in enumerate(request.requests):
             requests.deployment(item.deployment, f"requests[{i}].deployment")
-        scopes = [callers.scope(deployment_project(item.deployment)) for item in request.requests]
+        scopes = [callers.scope(item.deployment) for item in request.requests]
         if stale := self.validator.stale():
             await context.abort_with_status(stale.status())
         now = self.validator.clock()

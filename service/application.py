@@ -16,7 +16,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder
 
-from service import keyformat, sealing
+from service import callers, keyformat, sealing
 from service.database import exclusive_setup, sql_engine, store_environment
 from service.domain import ApiKey, KeyAlreadyExists, KeyNotFound, StaleEtag
 from service.names import KeyName
@@ -31,7 +31,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-ANONYMOUS = "anonymous"
+ANONYMOUS = callers.ANONYMOUS.name  # the actor when no callers file is configured
 UNCHANGED: Final = object()  # "leave the expiry as it is", as opposed to None: "never expires"
 # On a version conflict with another writer (another replica), when no etag pins the
 # version: retries, after a random pause that grows, so that two replicas hammering one

@@ -72,14 +72,13 @@ DENIALS = {
         "VERDICT_DEPLOYMENT_NOT_ALLOWED",
         "the API key is not attached to this deployment",
     ),
+    vpb.VERDICT_RATE_LIMITED: _denial(
+        429,
+        code_pb2.RESOURCE_EXHAUSTED,
+        "VERDICT_RATE_LIMITED",
+        "too many failed attempts from this client; retry later",
+    ),
 }
-
-RATE_LIMITED = _denial(
-    429,
-    code_pb2.RESOURCE_EXHAUSTED,
-    "VERDICT_RATE_LIMITED",
-    "too many failed attempts from this client; retry later",
-)
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -112,10 +111,9 @@ class AuthorizationService:
     ) -> CheckResponse:
         attributes = request.attributes
         deployment = attributes.context_extensions.get("deployment", "")
-        project = deployment_project(deployment)
-        if project is None:
+        if deployment_project(deployment) is None:
             return NO_DEPLOYMENT
-        limited_to = scope(project)
+        limited_to = scope(deployment)
         secret = presented_key(attributes.request.http.headers)
         if secret is None:
             return MISSING
@@ -125,8 +123,6 @@ class AuthorizationService:
         verdict, entry = self.validator.verdict(
             secret, deployment, client, limited_to, self.validator.clock()
         )
-        if verdict == vpb.VERDICT_RATE_LIMITED:
-            return RATE_LIMITED
         if verdict != vpb.VERDICT_ALLOWED or entry is None:
             return DENIALS[verdict]
         return _allowed(entry.name)

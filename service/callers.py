@@ -72,14 +72,15 @@ def authorize(project: str) -> Caller:
     return caller
 
 
-def scope(project: str | None) -> Caller | None:
+def scope(deployment: str) -> Caller | None:
     """For validation: the current caller when it is limited to some projects (and
-    allowed `project`, the deployment's), else None. A scoped gateway is told nothing
-    of other projects' keys: they are VERDICT_NOT_FOUND to it."""
+    allowed the deployment's), else None. A scoped gateway is told nothing of other
+    projects' keys: they are VERDICT_NOT_FOUND to it. The deployment's name is parsed
+    only for a scoped caller: the common case costs a context variable read."""
     caller = _current.get()
     if caller.everywhere:
         return None
-    return authorize(project or "")
+    return authorize(names.deployment_project(deployment) or "")
 
 
 def key_project(key_name: str) -> str:

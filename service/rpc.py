@@ -11,7 +11,7 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -75,7 +75,7 @@ class Access:
     role: str
     gate: Gate | None = None
     available: Callable[[], bool] | None = None
-    inflight: InFlight | None = None
+    inflight: InFlight = field(default_factory=InFlight)
 
     def check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.gate is not None:
@@ -115,7 +115,7 @@ def register(
         handlers[method.name] = make_handler(
             _streaming(behaviour, access.check)
             if method.server_streaming
-            else _unary(behaviour, access.check, access.inflight or InFlight()),
+            else _unary(behaviour, access.check, access.inflight),
             request_deserializer=_decoder(request_class, lossy),
             response_serializer=response_class.SerializeToString,
         )

@@ -502,57 +502,49 @@ DETACH_CASES = [
 ]
 
 
-def delete_case(
-    label: str,
-    field: str,
-    *,
-    code: grpc.StatusCode = INVALID,
-    reason: str | None = None,
-    **options: str,
-) -> Case:
-    def build(w: World) -> Message:
-        return pb.DeleteApiKeyRequest(name=w.key.name, **options)
+def on_the_key(rpc: str, request_type: Any) -> Callable[..., Case]:
+    """A case factory for `rpc`: its request names the world's key, plus `options`."""
 
-    return Case(f"DeleteApiKey-{label}", "DeleteApiKey", build, field, code, reason)
+    def case(
+        label: str,
+        field: str | None,
+        *,
+        code: grpc.StatusCode = INVALID,
+        reason: str | None = None,
+        **options: Any,
+    ) -> Case:
+        def build(w: World) -> Message:
+            return request_type(name=w.key.name, **options)  # type: ignore[no-any-return]
 
+        return Case(f"{rpc}-{label}", rpc, build, field, code, reason)
 
-DELETE_CASES = [
-    *key_name_cases("DeleteApiKey", "name", lambda name: pb.DeleteApiKeyRequest(name=name)),
-    *[
-        delete_case(f"request-id-{label}", "request_id", request_id=bad)
-        for label, bad in BAD_REQUEST_IDS
-    ],
-    *[
-        delete_case(label, "etag", etag=bad, code=grpc.StatusCode.ABORTED, reason="ETAG_MISMATCH")
-        for label, bad in BAD_ETAGS
-    ],
-]
+    return case
 
 
-def purge_case(
-    label: str,
-    field: str | None,
-    *,
-    code: grpc.StatusCode = INVALID,
-    reason: str | None = None,
-    **options: str,
-) -> Case:
-    def build(w: World) -> Message:
-        return pb.PurgeApiKeyRequest(name=w.key.name, **options)
+def change_cases(rpc: str, request_type: Any) -> list[Case]:
+    """What every change of one key refuses: a malformed name, a malformed request id,
+    a stale or garbled etag."""
+    case = on_the_key(rpc, request_type)
+    return [
+        *key_name_cases(rpc, "name", lambda name: request_type(name=name)),
+        *[
+            case(f"request-id-{label}", "request_id", request_id=bad)
+            for label, bad in BAD_REQUEST_IDS
+        ],
+        *[
+            case(label, "etag", etag=bad, code=grpc.StatusCode.ABORTED, reason="ETAG_MISMATCH")
+            for label, bad in BAD_ETAGS
+        ],
+    ]
 
-    return Case(f"PurgeApiKey-{label}", "PurgeApiKey", build, field, code, reason)
 
+DELETE_CASES = change_cases("DeleteApiKey", pb.DeleteApiKeyRequest)
+
+
+purge_case = on_the_key("PurgeApiKey", pb.PurgeApiKeyRequest)
 
 PURGE_CASES = [
-    *key_name_cases("PurgeApiKey", "name", lambda name: pb.PurgeApiKeyRequest(name=name)),
-    *[
-        purge_case(f"request-id-{label}", "request_id", request_id=bad)
-        for label, bad in BAD_REQUEST_IDS
-    ],
-    *[
-        purge_case(label, "etag", etag=bad, code=grpc.StatusCode.ABORTED, reason="ETAG_MISMATCH")
-        for label, bad in BAD_ETAGS
-    ],
+    *change_cases("PurgeApiKey", pb.PurgeApiKeyRequest),
     # The world's key is live: only a deleted key's personal data may be purged.
     purge_case(
         "key-not-deleted",
@@ -628,30 +620,10 @@ LIST_CASES = [
 ]
 
 
-def rotate_case(
-    label: str,
-    field: str | None,
-    *,
-    code: grpc.StatusCode = INVALID,
-    reason: str | None = None,
-    **options: Any,
-) -> Case:
-    def build(w: World) -> Message:
-        return pb.RotateApiKeyRequest(name=w.key.name, **options)
-
-    return Case(f"RotateApiKey-{label}", "RotateApiKey", build, field, code, reason)
-
+rotate_case = on_the_key("RotateApiKey", pb.RotateApiKeyRequest)
 
 ROTATE_CASES = [
-    *key_name_cases("RotateApiKey", "name", lambda name: pb.RotateApiKeyRequest(name=name)),
-    *[
-        rotate_case(f"request-id-{label}", "request_id", request_id=bad)
-        for label, bad in BAD_REQUEST_IDS
-    ],
-    *[
-        rotate_case(label, "etag", etag=bad, code=grpc.StatusCode.ABORTED, reason="ETAG_MISMATCH")
-        for label, bad in BAD_ETAGS
-    ],
+    *change_cases("RotateApiKey", pb.RotateApiKeyRequest),
     rotate_case("grace-negative", "grace_period", grace_period=Duration(seconds=-1)),
     rotate_case("grace-bad-nanos", "grace_period", grace_period=Duration(nanos=-5)),
     rotate_case("grace-over-7-days", "grace_period", grace_period=Duration(seconds=7 * 86400 + 1)),
