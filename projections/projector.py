@@ -4,6 +4,7 @@ index, the catalog, the audit log, and the data keys of purged personal data."""
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import cast
 from uuid import UUID
@@ -16,6 +17,7 @@ from projections.catalog import Catalog
 from projections.index import Entry, ValidationIndex
 from service.application import KeyStore
 from service.domain import ApiKey
+from service.metrics import Lag, since
 
 BATCH = 500
 RECALL = 20_000  # changes journaled when the index is loaded from the catalog
@@ -32,6 +34,8 @@ class Projector:
         self.audit = audit
         self._lock = threading.Lock()
         self._positions = {"catalog": catalog.position, "audit": audit.position}
+        # time.monotonic() when each projection last reached the store's head (or started)
+        self._synced = dict.fromkeys(("index", "catalog", "audit"), time.monotonic())
 
     def load_index(self) -> None:
         """Start the index from the catalog when the catalog is ahead of it: the
@@ -101,6 +105,9 @@ class Projector:
                     start=start, limit=BATCH, inclusive_of_start=False
                 )
                 if not notifications:
+                    now = time.monotonic()
+                    for name in self._synced.keys() - behind:
+                        self._synced[name] = now
                     return self.index.position
                 events = self._decode(notifications)
                 fresh = [(row, event) for row, event in events if row.id > self.index.position]
@@ -131,6 +138,15 @@ class Projector:
                     purged = isinstance(event, ApiKey.PersonalDataPurged)
                     if purged and self.app.data_keys.find(owner) is not None:
                         self.app.data_keys.destroy(owner)
+
+    def lags(self, head: int) -> list[Lag]:
+        """How far each projection is behind `head`, the store's last position."""
+        positions = {"index": self.index.position, **self._positions}
+        lags = []
+        for name, position in positions.items():
+            events = max(0, head - position)
+            lags.append(Lag(name, events, since(self._synced[name]) if events else 0.0))
+        return lags
 
     def _update_catalog(self, events: Sequence[tuple[Notification, ApiKey.Event]]) -> None:
         self.catalog.process((row.id, event) for row, event in events)

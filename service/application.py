@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, JSONTranscoder
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
-from service import callers, keyformat, sealing
+from service import callers, keyformat, logs, sealing
 from service.database import exclusive_setup, sql_engine, store_environment
 from service.domain import ApiKey, KeyAlreadyExists, KeyNotFound, StaleEtag
 from service.names import KeyName
@@ -107,6 +107,24 @@ class KeyStore(Application[UUID]):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(PersonalDataAsCiphertext(self.data_keys))
+
+    def save(self, *objects: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Record the objects' new events; one log line for each event stored."""
+        recordings = super().save(*objects, **kwargs)
+        names = {key.id: key.name for key in objects if isinstance(key, ApiKey)}
+        for recording in recordings:
+            event = recording.domain_event
+            logs.fields(
+                logs.changes,
+                "change",
+                event=type(event).__name__,
+                key=names.get(event.originator_id, ""),
+                version=event.originator_version,
+                actor=getattr(event, "actor", ""),
+                request_id=getattr(event, "request_id", ""),
+                position=recording.notification.id,
+            )
+        return recordings
 
     def get_key(self, name: KeyName | str, version: int | None = None) -> ApiKey:
         """The key now, or as of `version` (replayed from a snapshot and its events)."""

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -18,7 +19,7 @@ from typing import Any
 import sqlalchemy.exc
 from eventsourcing import persistence
 
-from service import callers, client, client_keys, config, sealing
+from service import callers, client, client_keys, config, logs, sealing
 from service.application import KeyStore, UnreadableStore, utc_now
 from service.database import redacted
 from service.migration import copy_store
@@ -97,12 +98,13 @@ def _supervise(settings: config.Settings, upstream: client.Credentials) -> int:
         raise ValueError("--workers needs a fixed port, not :0")
     spawn = multiprocessing.get_context("spawn")
 
-    def start() -> multiprocessing.process.BaseProcess:
-        worker = spawn.Process(target=_worker, args=(settings, upstream, os.getpid()), daemon=False)
+    def start(i: int) -> multiprocessing.process.BaseProcess:
+        own = dataclasses.replace(settings, metrics_address=_shifted(settings.metrics_address, i))
+        worker = spawn.Process(target=_worker, args=(own, upstream, os.getpid()), daemon=False)
         worker.start()
         return worker
 
-    workers = [start() for _ in range(settings.workers)]
+    workers = [start(i) for i in range(settings.workers)]
     log.info("%d workers serving %s", settings.workers, settings.address)
     stopping = False
 
@@ -124,11 +126,19 @@ def _supervise(settings: config.Settings, upstream: client.Credentials) -> int:
                     stop(signal.SIGTERM, None)
                     break
                 log.error("worker %s exited (%s); starting another", worker.pid, worker.exitcode)
-                workers[i] = start()
+                workers[i] = start(i)
         time.sleep(0.2)
     for worker in workers:
         worker.join()
     return max(worker.exitcode or 0 for worker in workers)
+
+
+def _shifted(address: str, offset: int) -> str:
+    """`host:port` moved `offset` ports up: worker i serves its metrics on port + i."""
+    if not address:
+        return address
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + offset}"
 
 
 def _worker(settings: config.Settings, upstream: client.Credentials, supervisor: int) -> None:
@@ -263,11 +273,7 @@ def _store_copy(arguments: argparse.Namespace) -> int:
 
 
 def _configure_logging(settings: config.Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from service import sealing
+from service import logs, sealing
 
 ENV_PREFIX = "EDGEKEYS_"
 
@@ -19,6 +19,8 @@ class Settings:
     address: str = "127.0.0.1:50051"
     database_url: str = "sqlite:///var/edgekeys.db"
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_address: str = ""
     poll_interval: float = 0.05
     workers: int = 1
     follow: str = ""
@@ -47,6 +49,9 @@ _HELP = {
     "database_url": "event store: sqlite:///relative.db, sqlite:////absolute.db or "
     "postgresql://USER@HOST:PORT/DBNAME (shared by several replicas)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text, or json: one JSON object per line",
+    "metrics_address": "host:port to serve Prometheus metrics on (/metrics); empty: off. "
+    "With --workers N, worker i serves on port + i",
     "poll_interval": "seconds between polls of the store for changes made by other processes",
     "workers": "processes serving the same address (the kernel spreads connections)",
     "follow": "host:port of an upstream edgekeys to follow: a validation-only replica with "
@@ -98,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag,
             dest=field.name,
             type=_convert(field.type),
-            default=os.environ.get(env, field.default),
+            default=os.environ.get(env) or field.default,  # empty: unset
             help=f"{_HELP[field.name]} (env {env}, default %(default)s)",
         )
 
@@ -139,6 +144,12 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError("--shutdown-grace must be 0 or more")
     if not settings.max_staleness > 0:
         raise ValueError("--max-staleness must be positive")
+    if settings.log_format not in logs.FORMATS:
+        raise ValueError(f"--log-format must be {' or '.join(logs.FORMATS)}")
+    if settings.metrics_address and not _is_host_port(settings.metrics_address, lowest=0):
+        raise ValueError(f"--metrics-address must be HOST:PORT, not {settings.metrics_address!r}")
+    if settings.workers > 1 and settings.metrics_address.endswith(":0"):
+        raise ValueError("--workers needs a fixed --metrics-address port, not :0")
     if settings.follow and not _is_host_port(settings.follow):
         raise ValueError(f"--follow must be HOST:PORT, not {settings.follow!r}")
     for name in ("failed_validation", "failed_auth"):
@@ -162,9 +173,9 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
     return settings
 
 
-def _is_host_port(address: str) -> bool:
+def _is_host_port(address: str, lowest: int = 1) -> bool:
     host, _, port = address.rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+    return bool(host) and port.isdigit() and lowest <= int(port) < 65536
 
 
 def is_loopback(address: str) -> bool:

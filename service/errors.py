@@ -101,6 +101,14 @@ def unavailable(reason: str, message: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def internal() -> grpc.Status:
+    """INTERNAL: a fault of ours; the caller learns nothing of it but where to look."""
+    info = error_details_pb2.ErrorInfo(reason="INTERNAL_ERROR", domain=DOMAIN)
+    message = "internal error; see the server log"
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=[_pack(info)])
+    return rpc_status.to_status(status)
+
+
 def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

@@ -34,6 +34,7 @@ from service.callers import current, key_project
 from service.config import Settings
 from service.errors import InvalidArgument, unavailable
 from service.freshness import Freshness
+from service.metrics import Lag, Metrics, since
 from service.validator import Validator
 
 log = logging.getLogger(__name__)
@@ -334,14 +335,21 @@ class FollowerServer:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
         self.gate = exposure.gate(settings)
         self.inflight = rpc.InFlight()
+        self.metrics = Metrics()
+        self.metrics.watch(self._lags, self.index.__len__)
         validator = Validator(
-            self.index, clock, self.freshness, exposure.validation_failures(settings)
+            self.index,
+            clock,
+            self.freshness,
+            exposure.validation_failures(settings),
+            metrics=self.metrics,
         )
         rpc.register(
             self.server,
             ValidationService(validator),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
+            self.metrics,
             lossy=True,
         )
         rpc.register(
@@ -349,24 +357,29 @@ class FollowerServer:
             AuthorizationService(validator),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
+            self.metrics,
         )
         rpc.register(
             self.server,
             ReplicationService(self.index, self.feed, self._status, self.follower.live),
             rpb.DESCRIPTOR.services_by_name["ReplicationService"],
             rpc.Access("follower", self.gate, inflight=self.inflight),
+            self.metrics,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*FOLLOWER_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.port = 0
+        self.metrics_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         """Serve at once, NOT_SERVING until the upstream's index has arrived whole.
         Returns the bound port."""
         self.port = exposure.bind(self.server, self.settings)
+        if self.settings.metrics_address:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_address)
         await self._set_serving(False)
         await self.server.start()
         self._tasks = [
@@ -389,9 +402,15 @@ class FollowerServer:
         await self._set_serving(False)
         self.feed.close()
         await self.inflight.stop(self.server, grace)
+        self.metrics.close()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+    def _lags(self) -> list[Lag]:
+        """How far the index is behind the upstream, as of its last message."""
+        behind = max(0, self.follower.upstream_position - self.index.position)
+        return [Lag("index", behind, since(self.freshness.last_contact))]
 
     async def _status(self) -> ReplicaStatus:
         return ReplicaStatus(

@@ -5,11 +5,14 @@
 - a request body that does not decode becomes INVALID_ARGUMENT naming the field (grpc's
   own handling would answer UNKNOWN);
 - domain errors and request-check errors raised by a handler become their statuses
-  (see ``service.errors``).
+  (see ``service.errors``);
+- each unary call is timed, each error status counted (``service.metrics``), and with
+  `log_calls` each call is one log line (``service.logs``).
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +26,17 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from service import callers, logs
 from service.callers import Gate
 from service.domain import DomainError
-from service.errors import CallerRejected, InvalidArgument, StoreUnavailable, to_status
+from service.errors import (
+    CallerRejected,
+    InvalidArgument,
+    StoreUnavailable,
+    internal,
+    to_status,
+)
+from service.metrics import Metrics
 
 _LENGTH_DELIMITED = 2
 # What the database drivers raise when the database cannot be reached (or, for SQLite,
@@ -92,8 +103,10 @@ def register(
     servicer: Any,
     service: ServiceDescriptor,
     access: Access,
+    metrics: Metrics,
     *,
     lossy: bool = False,
+    log_calls: bool = False,
 ) -> None:
     """Serve every method of `service` with the same-named method of `servicer`,
     each call first passing `access`.
@@ -106,6 +119,7 @@ def register(
     for method in service.methods:
         request_class = GetMessageClass(method.input_type)
         response_class = GetMessageClass(method.output_type)
+        observed = _Observed(method.name, metrics, log_calls)
         behaviour = getattr(servicer, method.name)
         make_handler = (
             grpc.unary_stream_rpc_method_handler
@@ -113,9 +127,9 @@ def register(
             else grpc.unary_unary_rpc_method_handler
         )
         handlers[method.name] = make_handler(
-            _streaming(behaviour, access.check)
+            _streaming(behaviour, access.check, observed)
             if method.server_streaming
-            else _unary(behaviour, access.check, access.inflight),
+            else _unary(behaviour, access.check, access.inflight, observed),
             request_deserializer=_decoder(request_class, lossy),
             response_serializer=response_class.SerializeToString,
         )
@@ -127,21 +141,85 @@ def register(
 Check = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def _unary(behaviour: Callable[..., Any], check: Check, inflight: InFlight) -> Callable[..., Any]:
+class _Observed:
+    """One method's figures (bound once, not looked up per call) and its log line."""
+
+    __slots__ = ("duration", "log_calls", "method", "metrics")
+
+    def __init__(self, method: str, metrics: Metrics, log_calls: bool) -> None:
+        self.method = method
+        self.metrics = metrics
+        self.duration = metrics.rpc_duration.labels(method)
+        self.log_calls = log_calls
+
+    def failed(self, code: grpc.StatusCode, reason: str) -> None:
+        self.metrics.rpc_errors.labels(self.method, code.name).inc()
+        if code in _CALLER_CODES and reason:
+            self.metrics.failed_auth.labels(reason).inc()
+
+    def log(self, request: Any, response: Any, code: grpc.StatusCode, elapsed: float) -> None:
+        """The call's line: who, what, on which key, and how it ended. Names and the
+        request id only: never a field that may hold a secret."""
+        key = getattr(getattr(response, "api_key", None), "name", "") or getattr(
+            request, "name", ""
+        )
+        if not key and (spec := getattr(request, "api_key", None)) is not None:
+            key = spec.name
+        logs.fields(
+            logs.calls,
+            "call",
+            method=self.method,
+            caller=callers.current().name,
+            key=logs.resource(key),
+            parent="" if key else logs.resource(getattr(request, "parent", "")),
+            request_id=logs.request_id(getattr(request, "request_id", "")),
+            outcome=code.name,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+
+
+_CALLER_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def _unary(
+    behaviour: Callable[..., Any], check: Check, inflight: InFlight, observed: _Observed
+) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         inflight.count += 1
+        started = time.perf_counter()
+        statuses = _statuses(context, observed)
+        response = None
         try:
-            async with _statuses(context):
-                return await behaviour(check(request, context), context)
+            async with statuses:
+                response = await behaviour(check(request, context), context)
+            return response
         finally:
             inflight.count -= 1
+            elapsed = time.perf_counter() - started
+            observed.duration.observe(elapsed)
+            if observed.log_calls:
+                code = statuses.code or context.code() or grpc.StatusCode.OK
+                if not isinstance(code, grpc.StatusCode):  # grpc.aio may give the number
+                    code = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+                observed.log(request, response, code, elapsed)
 
     return handle
 
 
-def _streaming(behaviour: Callable[..., AsyncIterator[Any]], check: Check) -> Callable[..., Any]:
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _streaming(
+    behaviour: Callable[..., AsyncIterator[Any]], check: Check, observed: _Observed
+) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _statuses(context):
+        async with _statuses(context, observed):
             async for response in behaviour(check(request, context), context):
                 yield response
 
@@ -149,32 +227,36 @@ def _streaming(behaviour: Callable[..., AsyncIterator[Any]], check: Check) -> Ca
 
 
 class _statuses:
-    """Errors raised inside become the RPC's status. A class, not a generator-based
-    context manager: this runs on every request and the generator costs 2 µs."""
+    """Errors raised inside become the RPC's status, and are counted. A class, not a
+    generator-based context manager: this runs on every request and the generator
+    costs 2 µs."""
 
-    __slots__ = ("context",)
+    __slots__ = ("code", "context", "observed")
 
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, observed: _Observed) -> None:
         self.context = context
+        self.observed = observed
+        self.code: grpc.StatusCode | None = None  # of the error raised inside, if any
 
     async def __aenter__(self) -> None:
         return None
 
     async def __aexit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        if error is None or isinstance(error, grpc.aio.AbortError | asyncio.CancelledError):
+            return  # (an abort in the handler: its status is the context's)
         if isinstance(error, DomainError | InvalidArgument | StoreUnavailable | CallerRejected):
-            await self.context.abort_with_status(to_status(error))
+            status = to_status(error)
         elif isinstance(error, _UNREACHABLE):
             log.warning("the store failed during a request: %s", error)
-            await self.context.abort_with_status(to_status(StoreUnavailable()))
-        elif isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
-            await _internal_error(self.context)
-
-
-async def _internal_error(context: grpc.aio.ServicerContext) -> None:
-    # The traceback goes to the log (requests never are); the caller learns nothing
-    # of the internals.
-    log.exception("internal error")
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            status = to_status(StoreUnavailable())
+        elif isinstance(error, Exception):
+            log.exception("internal error")  # the caller learns nothing of the internals
+            status = internal()
+        else:
+            return
+        self.code = status.code
+        self.observed.failed(status.code, getattr(error, "reason", ""))
+        await self.context.abort_with_status(status)
 
 
 def _decoder(message_class: type[Message], lossy: bool) -> Callable[[bytes], Any]:

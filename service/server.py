@@ -25,6 +25,7 @@ from service.config import Settings
 from service.database import is_postgres, redacted
 from service.last_use import LastUse
 from service.listener import StoreListener
+from service.metrics import Lag, Metrics
 from service.replication import ReplicationService, StoreStatus
 from service.validator import Validator
 from service.writer import Writer
@@ -54,9 +55,11 @@ class EdgeKeysServer:
         self.projector = Projector(self.keys, self.index, self.catalog, self.audit)
         self.last_use = LastUse(self.catalog, settings.last_use_interval)
         self.feed = Feed()
+        self.metrics = Metrics()
+        self.metrics.watch(self._lags, self.index.__len__)
         self.stopping = threading.Event()  # set by stop(): long work gives up
         self.index_feed = Feed()  # wakes edge followers' streams (ReplicationService)
-        self.writer = Writer(self.projector, self._projected)
+        self.writer = Writer(self.projector, self._projected, self.metrics)
         self.health = health.aio.HealthServicer()
         # Several workers share one port on purpose; a lone server must not share it
         # with a forgotten process by accident.
@@ -71,18 +74,22 @@ class EdgeKeysServer:
             clock,
             failures=exposure.validation_failures(settings),
             uses=self.last_use.pending,
+            metrics=self.metrics,
         )
         rpc.register(
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer, self.last_use),
             api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"],
             rpc.Access("admin", self.gate, self._store_available, self.inflight),
+            self.metrics,
+            log_calls=True,
         )
         rpc.register(
             self.server,
             ValidationService(validator),
             validation_pb2.DESCRIPTOR.services_by_name["ValidationService"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
+            self.metrics,
             lossy=True,
         )
         rpc.register(
@@ -90,12 +97,15 @@ class EdgeKeysServer:
             AuditService(self.keys, self.audit, self.feed, self.stopping),
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
             rpc.Access("auditor", self.gate, self._store_available, self.inflight),
+            self.metrics,
+            log_calls=True,
         )
         rpc.register(
             self.server,
             AuthorizationService(validator),
             external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"],
             rpc.Access("gateway", self.gate, inflight=self.inflight),
+            self.metrics,
         )
         rpc.register(
             self.server,
@@ -109,12 +119,14 @@ class EdgeKeysServer:
             ),
             replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"],
             rpc.Access("follower", self.gate, inflight=self.inflight),
+            self.metrics,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.port = 0
+        self.metrics_port: int | None = None
         self.last_sync: datetime | None = None  # when the index last reached the store's head
         self._wake = asyncio.Event()  # set when the store notifies a commit
         self._listener: StoreListener | None = None
@@ -127,10 +139,12 @@ class EdgeKeysServer:
         """Serve, NOT_SERVING until the projections have caught up with the store as it
         was at start, then SERVING. Returns the bound port."""
         self.port = exposure.bind(self.server, self.settings)
+        if self.settings.metrics_address:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_address)
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._follow_notifications()
-        await self.writer.run(self.projector.load_index)
+        await self.writer.catch_up(self.projector.load_index)
         await self._catch_up()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())
@@ -161,6 +175,7 @@ class EdgeKeysServer:
         await self.inflight.stop(self.server, grace)
         await self.last_use.flush()
         self.writer.close()
+        self.metrics.close()
         self.keys.close()
         self.catalog.engine.dispose()
 
@@ -184,6 +199,15 @@ class EdgeKeysServer:
         """The store's last position; None while it is unreachable (last_sync tells
         since when), rather than wait for the driver's retries to give up."""
         return self.keys.recorder.max_notification_id() if self.store_available else None
+
+    def _lags(self) -> list[Lag]:
+        """The projections' lag behind the store; none while it is unreachable."""
+        try:
+            head = self._store_head()
+        except Exception as error:  # a scrape must not fail for it
+            log.warning("the store's head could not be read for the metrics: %s", error)
+            return []
+        return [] if head is None else self.projector.lags(head)
 
     def _last_sync(self) -> datetime | None:
         return self.last_sync

@@ -8,6 +8,7 @@ from projections.index import Entry, ValidationIndex
 from service.application import Clock
 from service.callers import Caller, key_project
 from service.freshness import Freshness
+from service.metrics import Metrics
 from service.ratelimit import FailureLimiter
 
 
@@ -19,12 +20,14 @@ class Validator:
         freshness: Freshness | None = None,
         failures: FailureLimiter | None = None,
         uses: dict[str, datetime] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.index = index
         self.clock = clock
         self.freshness = freshness  # an edge follower's: refuse to answer once stale
         self.failures = failures  # failed validations per end client
         self.uses = uses  # key name → last ALLOWED (see service.last_use)
+        self.counts = (metrics or Metrics()).verdicts  # verdict → its counter
 
     def stale(self) -> Freshness | None:
         """An edge follower's freshness once it has gone stale; else None."""
@@ -34,9 +37,15 @@ class Validator:
     def verdict(
         self, secret: str, deployment: str, client: str, scope: Caller | None, now: datetime
     ) -> tuple["vpb.Verdict", Entry | None]:
-        """The verdict, and the key's entry when the caller may be told of it.
+        """The verdict, and the key's entry when the caller may be told of it."""
+        verdict, entry = self._judge(secret, deployment, client, scope, now)
+        self.counts[verdict].inc()
+        return verdict, entry
 
-        A client over its failure limit is VERDICT_RATE_LIMITED whatever it presents
+    def _judge(
+        self, secret: str, deployment: str, client: str, scope: Caller | None, now: datetime
+    ) -> tuple["vpb.Verdict", Entry | None]:
+        """A client over its failure limit is VERDICT_RATE_LIMITED whatever it presents
         (or guessing would still pay off); every other denial spends one of its
         failures. A gateway limited to some projects (`scope`) is told nothing of
         other projects' keys."""

@@ -3,11 +3,13 @@
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from projections.projector import Projector
+from service.metrics import Metrics
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -17,29 +19,46 @@ class Writer:
     """Runs every write on one thread and brings the projections up to date before
     the caller hears back, so a change holds for the very next request."""
 
-    def __init__(self, projector: Projector, on_projected: Callable[[], None]) -> None:
+    def __init__(
+        self, projector: Projector, on_projected: Callable[[], None], metrics: Metrics
+    ) -> None:
         self.projector = projector
         self.on_projected = on_projected  # called on the event loop after each write
+        self.timer = metrics.store_writes
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="edgekeys-writer")
 
     async def run(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        call = functools.partial(self._write_and_project, write, *args, **kwargs)
+        """Make a change to the store (timed: edgekeys_store_write_seconds), then
+        bring the projections up to date."""
+        change = functools.partial(write, *args, **kwargs)
+        return await self._then_project(functools.partial(self._timed, change))
+
+    async def catch_up(self, first: Callable[[], object] = lambda: None) -> None:
+        """Bring the projections up to date (after `first`) on the writers' thread."""
+        await self._then_project(first)
+
+    async def _then_project(self, call: Callable[[], T]) -> T:
+        on_thread = functools.partial(self._project_after, call)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+            return await asyncio.get_running_loop().run_in_executor(self._thread, on_thread)
         finally:
             self.on_projected()
 
-    def _write_and_project(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _timed(self, change: Callable[[], T]) -> T:
+        started = time.perf_counter()
         try:
-            return write(*args, **kwargs)
+            return change()
+        finally:
+            self.timer.observe(time.perf_counter() - started)
+
+    def _project_after(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
         finally:
             try:
                 self.projector.catch_up()
             except Exception:  # the write is committed; the poller catches up later
                 log.exception("projection after a write failed")
-
-    async def catch_up(self) -> None:
-        await self.run(lambda: None)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)

@@ -25,6 +25,7 @@ from service import keyformat, replication
 from service.client import Credentials
 from service.config import Settings
 from service.replication import FollowerServer
+from tests.api.test_metrics import scraped, value
 from tests.conftest import START, FakeClock, RunningServer
 from tests.e2e.conftest import free_port
 from tests.waiting import eventually
@@ -268,10 +269,14 @@ class RunningFollower:
         upstream_port: int,
         max_staleness: float = 900.0,
         credentials: Credentials | None = None,  # to reach the upstream
+        metrics_address: str = "",
     ) -> None:
         self.upstream = f"127.0.0.1:{upstream_port}"
         settings = Settings(
-            address="127.0.0.1:0", follow=self.upstream, max_staleness=max_staleness
+            address="127.0.0.1:0",
+            follow=self.upstream,
+            max_staleness=max_staleness,
+            metrics_address=metrics_address,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -345,6 +350,27 @@ def test_a_follower_of_a_follower_validates_what_the_store_holds(
     assert reply.position == reply.head_position == status(running.channel).head_position
     assert reply.lag == 0
     assert reply.HasField("last_sync_time")
+
+
+def test_a_follower_reports_its_lag_behind_the_upstream_and_its_verdicts(
+    running: RunningServer, followers: Callable[..., RunningFollower]
+) -> None:
+    kept = running.create()
+    edge = followers(running.server.port, metrics_address="127.0.0.1:0")
+    eventually(edge.health, health_pb2.HealthCheckResponse.SERVING)
+    running.create()
+    assert edge.server.metrics_port
+
+    def metric(name: str, **labels: str) -> float:
+        assert edge.server.metrics_port
+        return value(scraped(edge.server.metrics_port), name, **labels)
+
+    eventually(lambda: metric("edgekeys_index_keys"), 2.0)
+    assert metric("edgekeys_projection_lag_events", projection="index") == 0
+    assert 0 <= metric("edgekeys_projection_lag_seconds", projection="index") < 60
+    assert edge.verdict(kept.secret) == vpb.VERDICT_ALLOWED
+    assert metric("edgekeys_validations_total", verdict="VERDICT_ALLOWED") == 1
+    assert metric("edgekeys_rpc_duration_seconds_count", method="ValidateApiKey") == 1
 
 
 def test_a_follower_serves_no_management_and_no_audit(

@@ -1,9 +1,11 @@
 """No API secret and no caller token, raw, hex or base64, anywhere edgekeys writes: its
-log at DEBUG, its error messages and responses, its events, its database files. Every
-registered RPC is run, by a real `edgekeys serve`, with good and bad credentials."""
+log at DEBUG (text on SQLite, JSON on PostgreSQL), its error messages and responses, its
+metrics, its events, its database files. Every registered RPC is run, by a real
+`edgekeys serve`, with good and bad credentials."""
 
 import base64
 import contextlib
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from service import callers, keyformat
 from tests.calls import Metadata, Target, bearer, outcomes
-from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess
+from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess, free_port
 from tests.postgres import fresh_database
 from tests.stored import stored_bytes
 
@@ -68,9 +70,15 @@ def test_no_secret_or_token_leaks_anywhere(tmp_path: Path, database_url: str) ->
     callers_file = tmp_path / "callers.toml"
     callers_file.write_text(callers.caller_table("root", root_digest, callers.ROLES, ["*"], None))
     log = tmp_path / "edgekeys.log"
-    node = Node(
-        ServeProcess(database_url, callers_file=str(callers_file), log_level="DEBUG"), log=log
+    metrics_address = f"127.0.0.1:{free_port()}"
+    served = ServeProcess(
+        database_url,
+        callers_file=str(callers_file),
+        log_level="DEBUG",
+        log_format="json" if database_url.startswith("postgresql") else "text",
+        metrics_address=metrics_address,
     )
+    node = Node(served, log=log)
     node.start()
     seen: list[str] = []
     try:
@@ -102,14 +110,19 @@ def test_no_secret_or_token_leaks_anywhere(tmp_path: Path, database_url: str) ->
         )
         assert {e.event_type for e in events.events} >= {"KeyCreated", "KeyDeleted"}
         seen.append(str(events))
+        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as reply:
+            metrics = reply.read()
     finally:
         with contextlib.suppress(AssertionError):
             node.process.stop()
         node.channel.close()
     assert "DEBUG" in log.read_text()  # the log was at DEBUG
+    assert "edgekeys.calls" in log.read_text() and "edgekeys.changes" in log.read_text()
+    assert b"edgekeys_validations_total" in metrics
     everything = {
         "responses and errors": "\n".join(seen).encode(),
         "log": log.read_bytes(),
+        "metrics": metrics,
         "stored": stored_bytes(database_url),
     }
     for secret in [*secrets, root, unknown]:

@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 import grpc
@@ -10,7 +11,7 @@ import grpc
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from tests.e2e.conftest import BIN, ROOT, ServeProcess
+from tests.e2e.conftest import BIN, LLAMA, ROOT, Node, ServeProcess
 
 
 def answers(address: str, names: list[str], secrets: list[str]) -> list[object]:
@@ -138,3 +139,39 @@ def test_the_default_store_is_created_under_var_of_the_working_directory(tmp_pat
         assert (tmp_path / "var" / "edgekeys.db").is_file()
     finally:
         assert process.stop() == 0
+
+
+def test_json_logs_are_one_object_per_line_with_the_call_and_the_change(tmp_path: Path) -> None:
+    log = tmp_path / "edgekeys.log"
+    node = Node(ServeProcess(tmp_path / "edgekeys.db", log_format="json"), log=log)
+    node.start()
+    try:
+        request_id = str(uuid.uuid4())
+        created = node.keys.CreateApiKey(
+            pb.CreateApiKeyRequest(
+                parent="projects/acme",
+                api_key=pb.ApiKey(display_name="json", deployments=[LLAMA]),
+                request_id=request_id,
+            )
+        )
+    finally:
+        assert node.process.stop() == 0
+        node.channel.close()
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"time", "level", "logger", "message"} <= entries[0].keys()
+    name = created.api_key.name
+    shared = {"key": name, "request_id": request_id}
+    assert {
+        "logger": "edgekeys.calls",
+        "method": "CreateApiKey",
+        "caller": "anonymous",
+        "outcome": "OK",
+        **shared,
+    }.items() <= next(e for e in entries if e["logger"] == "edgekeys.calls").items()
+    assert {
+        "logger": "edgekeys.changes",
+        "event": "KeyCreated",
+        "actor": "anonymous",
+        **shared,
+    }.items() <= next(e for e in entries if e["logger"] == "edgekeys.changes").items()
+    assert created.secret not in log.read_text()

@@ -1,6 +1,7 @@
 """`edgekeys serve --workers 2`: two processes on one address, one store."""
 
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from tests.e2e.conftest import ServeProcess
+from tests.api.test_metrics import parsed, value
+from tests.e2e.conftest import ServeProcess, free_port
 
 LLAMA = "projects/acme/deployments/llama"
 CONNECTIONS = 8  # spread by the kernel over both workers: all on one has p < 1%
@@ -18,7 +20,10 @@ CONNECTIONS = 8  # spread by the kernel over both workers: all on one has p < 1%
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path / "edgekeys.db", workers="2")
+    metrics = free_port()  # worker i serves its metrics on this port + i
+    process = ServeProcess(
+        tmp_path / "edgekeys.db", workers="2", metrics_address=f"127.0.0.1:{metrics}"
+    )
     process.start()
     yield process
     if process.process and process.process.poll() is None:
@@ -102,3 +107,20 @@ def test_workers_stop_when_their_supervisor_is_killed(workers: ServeProcess) -> 
     workers.process.kill()  # SIGKILL: no chance to stop them itself
     workers.process.wait()
     eventually(lambda: not serves(workers.address), timeout=15)
+
+
+def test_each_worker_serves_its_own_metrics_on_the_next_port(workers: ServeProcess) -> None:
+    channels = connections(workers.address)
+    calls = 40
+    for i in range(calls):
+        verdicts(channels[i % CONNECTIONS : i % CONNECTIONS + 1], "not a key")
+    host, _, port = workers.env["EDGEKEYS_METRICS_ADDRESS"].rpartition(":")
+    malformed = []
+    for worker in range(2):
+        url = f"http://{host}:{int(port) + worker}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            samples = parsed(reply.read().decode())
+        malformed.append(value(samples, "edgekeys_validations_total", verdict="VERDICT_MALFORMED"))
+    assert sum(malformed) == calls
+    for channel in channels:
+        channel.close()

@@ -1,0 +1,154 @@
+"""Prometheus metrics, served over HTTP on `--metrics-address` (off by default).
+
+Every figure is counted whether or not it is served: a counter costs about 0.2 µs and
+a histogram 0.5 µs, against some 100 µs for the cheapest gRPC call. The projections'
+lag is measured when scraped, not on every change.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edgekeys.v1 import validation_pb2 as vpb
+
+log = logging.getLogger(__name__)
+# No *_created series: a start time per label set says little and doubles the output.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# From a cached ValidateApiKey (0.1 ms) to a slow write on a busy PostgreSQL (seconds).
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far one projection is behind the store (or an edge follower behind its
+    upstream): in events, and in seconds since it was last caught up (0 when it is)."""
+
+    projection: str
+    events: int
+    seconds: float
+
+
+class Metrics:
+    """One server's figures, in a registry of its own (tests run several servers)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(standard)  # memory, CPU, open files, garbage collection
+        validations = Counter(
+            "edgekeys_validations",
+            "Verdicts given by ValidateApiKey and Envoy's Check, by verdict",
+            ["verdict"],
+            registry=registry,
+        )
+        # Bound once: labels() on every call would cost more than the count.
+        self.verdicts = {number: validations.labels(name) for name, number in vpb.Verdict.items()}
+        self.rpc_duration = Histogram(
+            "edgekeys_rpc_duration_seconds",
+            "Time to answer a unary RPC, from its arrival to its reply, by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rpc_errors = Counter(
+            "edgekeys_rpc_errors",
+            "RPCs that ended with an error status, by method and status code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.failed_auth = Counter(
+            "edgekeys_failed_auth",
+            "Callers refused: unauthenticated, lacking the role or the project, or over "
+            "their limit of failed authentications, by ErrorInfo reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.store_writes = Histogram(
+            "edgekeys_store_write_seconds",
+            "Time to load a key, run the change and commit its events to the store",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._http: WSGIServer | None = None
+
+    def watch(self, lags: Callable[[], list[Lag]], keys: Callable[[], int]) -> None:
+        """Report the projections' lag and the index's size, measured at each scrape."""
+        self.registry.register(_Projections(lags, keys))
+
+    def serve(self, address: str) -> int:
+        """Serve /metrics on `host:port` in a thread of its own; returns the port."""
+        host, _, port = address.rpartition(":")
+        self._http, _ = start_http_server(int(port), host.strip("[]"), self.registry)
+        bound: int = self._http.server_port
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class _Projections(Collector):
+    def __init__(self, lags: Callable[[], list[Lag]], keys: Callable[[], int]) -> None:
+        self.lags = lags
+        self.keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        events = GaugeMetricFamily(
+            "edgekeys_projection_lag_events",
+            "Events in the store (an edge follower: its upstream) not yet in this projection",
+            labels=["projection"],
+        )
+        seconds = GaugeMetricFamily(
+            "edgekeys_projection_lag_seconds",
+            "Seconds since this projection was last caught up with the store; 0 when it "
+            "is (an edge follower: seconds since its upstream last spoke)",
+            labels=["projection"],
+        )
+        for lag in self.lags():  # empty while the store is unreachable
+            events.add_metric([lag.projection], lag.events)
+            seconds.add_metric([lag.projection], lag.seconds)
+        yield events
+        yield seconds
+        yield GaugeMetricFamily(
+            "edgekeys_index_keys", "Keys in the validation index", value=self.keys()
+        )
+
+
+def since(moment: float | None) -> float:
+    """Seconds since a time.monotonic() moment; 0 for never."""
+    return 0.0 if moment is None else max(0.0, time.monotonic() - moment)
