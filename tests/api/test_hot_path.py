@@ -114,7 +114,9 @@ def test_validation_and_check_touch_no_database_and_raise_nothing(
 
     assert observer.sqlite_calls == []
     assert observer.exceptions == []
-    assert [r for r in caplog.records if r.name.startswith(("service", "projections"))] == []
+    assert [
+        r for r in caplog.records if r.name.startswith(("service", "projections", "edgekeys"))
+    ] == []
     assert all(s not in caplog.text for s in secrets if s)
 
 

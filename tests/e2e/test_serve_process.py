@@ -77,6 +77,9 @@ def test_keys_survive_a_restart_of_the_process(served: ServeProcess) -> None:
     assert answers(served.address, names, secrets) == before
 
 
+DEADLINE_EXCEEDED = 32  # buf curl exits with 8 × the gRPC code (DEADLINE_EXCEEDED is 4)
+
+
 def readme_buf_curl_commands() -> list[str]:
     """The README's `buf curl` examples, continuation lines joined, in order."""
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
@@ -96,7 +99,11 @@ def test_the_readme_buf_curl_tour_works_against_the_served_process(served: Serve
         result = subprocess.run(
             command, shell=True, capture_output=True, text=True, timeout=60, check=False
         )
-        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        if "--timeout" in command:  # a stream, ended by its deadline
+            assert result.returncode == DEADLINE_EXCEEDED, f"{command}\n{result.stderr}"
+            assert "deadline_exceeded" in result.stderr
+        else:
+            assert result.returncode == 0, f"{command}\n{result.stderr}"
         outputs.append(result.stdout)
         if "/CreateApiKey" in command:
             secret = json.loads(result.stdout)["secret"]
@@ -128,6 +135,14 @@ def test_the_readme_buf_curl_tour_works_against_the_served_process(served: Serve
         next(o for c, o in zip(commands, outputs, strict=True) if "/GetReplicaStatus" in c)
     )
     assert (status["role"], status["serving"], status.get("lag", "0")) == ("store", True, "0")
+    watched = next(o for c, o in zip(commands, outputs, strict=True) if "/WatchEvents" in c)
+    assert '"eventType": "KeyCreated"' in watched and '"eventType": "KeyDeleted"' in watched
+    purged = json.loads(
+        next(o for c, o in zip(commands, outputs, strict=True) if "/PurgeApiKey" in c)
+    )
+    assert purged["apiKey"].get("displayName", "") == ""
+    streamed = next(o for c, o in zip(commands, outputs, strict=True) if "/StreamIndex" in c)
+    assert '"snapshotComplete": true' in streamed
 
 
 def test_the_default_store_is_created_under_var_of_the_working_directory(tmp_path: Path) -> None:
