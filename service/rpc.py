@@ -160,11 +160,7 @@ class _Observed:
     def log(self, request: Any, response: Any, code: grpc.StatusCode, elapsed: float) -> None:
         """The call's line: who, what, on which key, and how it ended. Names and the
         request id only: never a field that may hold a secret."""
-        key = getattr(getattr(response, "api_key", None), "name", "") or getattr(
-            request, "name", ""
-        )
-        if not key and (spec := getattr(request, "api_key", None)) is not None:
-            key = spec.name
+        key = _key_named(request, response)
         logs.fields(
             logs.calls,
             "call",
@@ -176,6 +172,15 @@ class _Observed:
             outcome=code.name,
             duration_ms=round(elapsed * 1000, 2),
         )
+
+
+def _key_named(request: Any, response: Any) -> str:
+    """The key a call is about: the one it answered with, else the one it named."""
+    for message in (response, request):
+        for holder in (getattr(message, "api_key", None), message):
+            if name := getattr(holder, "name", ""):
+                return str(name)
+    return ""
 
 
 _CALLER_CODES = frozenset(
@@ -204,15 +209,9 @@ def _unary(
             elapsed = time.perf_counter() - started
             observed.duration.observe(elapsed)
             if observed.log_calls:
-                code = statuses.code or context.code() or grpc.StatusCode.OK
-                if not isinstance(code, grpc.StatusCode):  # grpc.aio may give the number
-                    code = _CODES.get(code, grpc.StatusCode.UNKNOWN)
-                observed.log(request, response, code, elapsed)
+                observed.log(request, response, statuses.code or grpc.StatusCode.OK, elapsed)
 
     return handle
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _streaming(
@@ -242,8 +241,13 @@ class _statuses:
         return None
 
     async def __aexit__(self, kind: object, error: BaseException | None, trace: object) -> None:
-        if error is None or isinstance(error, grpc.aio.AbortError | asyncio.CancelledError):
-            return  # (an abort in the handler: its status is the context's)
+        if error is None or isinstance(error, asyncio.CancelledError):
+            return
+        if isinstance(error, grpc.aio.AbortError):  # the handler set the status itself
+            if (code := self.context.code()) is not None:
+                self.code = code
+                self.observed.failed(code, "")
+            return
         if isinstance(error, DomainError | InvalidArgument | StoreUnavailable | CallerRejected):
             status = to_status(error)
         elif isinstance(error, _UNREACHABLE):

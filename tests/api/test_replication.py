@@ -388,12 +388,17 @@ def test_a_follower_serves_no_management_and_no_audit(
 def test_a_follower_that_never_reached_its_upstream_fails_closed(
     followers: Callable[..., RunningFollower],
 ) -> None:
-    edge = followers(free_port())  # nothing listens there
+    edge = followers(free_port(), metrics_address="127.0.0.1:0")  # nothing listens there
     assert edge.health() == health_pb2.HealthCheckResponse.NOT_SERVING
     with pytest.raises(grpc.RpcError) as error:
         edge.verdict(keyformat.new_secret())
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "has not yet received the index" in str(error.value.details())
+    assert edge.server.metrics_port
+    samples = scraped(edge.server.metrics_port)
+    errors = "edgekeys_rpc_errors_total"
+    assert value(samples, errors, method="ValidateApiKey", code="UNAVAILABLE") == 1
+    assert value(samples, "edgekeys_validations_total", verdict="VERDICT_NOT_FOUND") == 0
 
 
 def test_a_follower_cut_off_from_its_upstream_lets_the_followers_behind_it_go_stale(
