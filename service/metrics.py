@@ -1,12 +1,14 @@
 """Prometheus metrics, served over HTTP on `--metrics-address` (off by default).
 
-Every figure is counted whether or not it is served: a counter costs about 0.2 µs and
-a histogram 0.5 µs, against some 100 µs for the cheapest gRPC call. The projections'
-lag is measured when scraped, not on every change.
+Every figure is counted whether or not it is served. What every call counts (its
+duration, a verdict) is a plain tally written by one thread with no lock, about 0.3 µs
+a call in all; prometheus_client's own counters, with their locks, count the rare
+events (errors, refused callers). The projections' lag is measured when scraped.
 """
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
@@ -17,11 +19,15 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
-    Histogram,
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from edgekeys.v1 import validation_pb2 as vpb
@@ -61,6 +67,31 @@ class Lag:
     seconds: float
 
 
+class Tally:
+    """A histogram of durations written by one thread (the event loop, or the
+    writer's), so without a lock: a bisect and two additions. Scrapes read it as it is."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last: above every bound
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound, as Prometheus has them."""
+        counts = list(self.counts)  # one read: the loop may add meanwhile
+        bounds = [*map(str, LATENCY_BUCKETS), "+Inf"]
+        running, cumulative = 0, []
+        for bound, count in zip(bounds, counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        return cumulative
+
+
 class Metrics:
     """One server's figures, in a registry of its own (tests run several servers)."""
 
@@ -68,21 +99,10 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(standard)  # memory, CPU, open files, garbage collection
-        validations = Counter(
-            "edgekeys_validations",
-            "Verdicts given by ValidateApiKey and Envoy's Check, by verdict",
-            ["verdict"],
-            registry=registry,
-        )
-        # Bound once: labels() on every call would cost more than the count.
-        self.verdicts = {number: validations.labels(name) for name, number in vpb.Verdict.items()}
-        self.rpc_duration = Histogram(
-            "edgekeys_rpc_duration_seconds",
-            "Time to answer a unary RPC, from its arrival to its reply, by method",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self.verdicts = dict.fromkeys(vpb.Verdict.values(), 0)  # counted on the event loop
+        self.durations: dict[str, Tally] = {}  # by method, observed on the event loop
+        self.store_writes = Tally()  # observed on the writer's thread
+        registry.register(_Tallies(self))
         self.rpc_errors = Counter(
             "edgekeys_rpc_errors",
             "RPCs that ended with an error status, by method and status code",
@@ -96,13 +116,11 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.store_writes = Histogram(
-            "edgekeys_store_write_seconds",
-            "Time to load a key, run the change and commit its events to the store",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
         self._http: WSGIServer | None = None
+
+    def timer(self, method: str) -> Tally:
+        """The durations of `method`'s unary calls."""
+        return self.durations.setdefault(method, Tally())
 
     def watch(self, lags: Callable[[], list[Lag]], keys: Callable[[], int]) -> None:
         """Report the projections' lag and the index's size, measured at each scrape."""
@@ -120,6 +138,35 @@ class Metrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+class _Tallies(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        verdicts = CounterMetricFamily(
+            "edgekeys_validations",
+            "Verdicts given by ValidateApiKey(s) and Envoy's Check, by verdict",
+            labels=["verdict"],
+        )
+        for number, count in list(self.metrics.verdicts.items()):
+            verdicts.add_metric([vpb.Verdict.Name(number)], count)
+        yield verdicts
+        durations = HistogramMetricFamily(
+            "edgekeys_rpc_duration_seconds",
+            "Time to answer a unary RPC, from its arrival to its reply, by method",
+            labels=["method"],
+        )
+        for method, tally in list(self.metrics.durations.items()):
+            durations.add_metric([method], tally.buckets(), tally.total)
+        yield durations
+        writes = HistogramMetricFamily(
+            "edgekeys_store_write_seconds",
+            "Time to load a key, run the change and commit its events to the store",
+        )
+        writes.add_metric([], self.metrics.store_writes.buckets(), self.metrics.store_writes.total)
+        yield writes
 
 
 class _Projections(Collector):

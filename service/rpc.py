@@ -149,7 +149,7 @@ class _Observed:
     def __init__(self, method: str, metrics: Metrics, log_calls: bool) -> None:
         self.method = method
         self.metrics = metrics
-        self.duration = metrics.rpc_duration.labels(method)
+        self.duration = metrics.timer(method)
         self.log_calls = log_calls
 
     def failed(self, code: grpc.StatusCode, reason: str) -> None:

@@ -27,7 +27,7 @@ class Validator:
         self.freshness = freshness  # an edge follower's: refuse to answer once stale
         self.failures = failures  # failed validations per end client
         self.uses = uses  # key name → last ALLOWED (see service.last_use)
-        self.counts = (metrics or Metrics()).verdicts  # verdict → its counter
+        self.counts = (metrics or Metrics()).verdicts  # verdict → how many given
 
     def stale(self) -> Freshness | None:
         """An edge follower's freshness once it has gone stale; else None."""
@@ -39,7 +39,7 @@ class Validator:
     ) -> tuple["vpb.Verdict", Entry | None]:
         """The verdict, and the key's entry when the caller may be told of it."""
         verdict, entry = self._judge(secret, deployment, client, scope, now)
-        self.counts[verdict].inc()
+        self.counts[verdict] += 1
         return verdict, entry
 
     def _judge(
