@@ -381,3 +381,23 @@ def test_rotate_prints_the_new_secret_once_and_lookup_reads_a_secret_from_stdin(
     too_long = cli("keys", "rotate", name, "--grace", "8d")
     assert too_long.code == 1 and "grace_period" in too_long.err
     assert cli("keys", "rotate", name, "--grace", "soon").code == 2
+
+
+def test_client_commands_do_not_load_the_server() -> None:
+    """`keys` and `audit` start quickly: no SQLAlchemy, event store or projections."""
+    probe = (
+        "import contextlib, sys\n"
+        "from service.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(['keys', 'list', '--help'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('service.', 'projections'))))\n"
+    )
+    result = subprocess.run(
+        [BIN / "python", "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    packages, ours = result.stdout.splitlines()[-2:]
+    assert "sqlalchemy" not in packages and "psycopg" not in packages
+    assert "prometheus_client" not in packages
+    for server_side in ("service.server", "service.application", "projections"):
+        assert server_side not in ours
