@@ -121,6 +121,7 @@ class KeyStore(Application[UUID]):
                 key=names.get(event.originator_id, ""),
                 version=event.originator_version,
                 actor=getattr(event, "actor", ""),
+                method=logs.method.get(),
                 request_id=getattr(event, "request_id", ""),
                 position=recording.notification.id,
             )

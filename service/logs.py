@@ -10,6 +10,7 @@ request id (see `resource`), so a secret pasted in the wrong field stays out too
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from service.errors import InvalidArgument
 FORMATS = ("text", "json")
 calls = logging.getLogger("edgekeys.calls")  # one line per management or audit RPC
 changes = logging.getLogger("edgekeys.changes")  # one line per event this process stored
+method: ContextVar[str] = ContextVar("method", default="")  # of the logged call under way
 
 
 def configure(level: str, form: str) -> None:

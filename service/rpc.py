@@ -198,6 +198,8 @@ def _unary(
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         inflight.count += 1
         started = time.perf_counter()
+        if observed.log_calls:
+            logs.method.set(observed.method)  # for the lines of the changes it makes
         statuses = _statuses(context, observed)
         response = None
         try:

@@ -1,6 +1,7 @@
 """The write path: every write on one thread, then the projections, before the reply."""
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -38,7 +39,8 @@ class Writer:
         await self._then_project(first)
 
     async def _then_project(self, call: Callable[[], T]) -> T:
-        on_thread = functools.partial(self._project_after, call)
+        # In the caller's context: the lines logged on the writer's thread name its method.
+        on_thread = functools.partial(contextvars.copy_context().run, self._project_after, call)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, on_thread)
         finally:

@@ -65,6 +65,7 @@ def test_each_management_call_and_each_change_is_one_line(
         ("SecretRotated", name, 2),
     ]
     assert changes[0]["request_id"] == request_id
+    assert [c["method"] for c in changes] == ["CreateApiKey", "RotateApiKey"]
     assert changes[0]["actor"] == "anonymous"
     assert [c["position"] for c in changes] == [1, 2]
     for secret in (created.secret, rotated.secret):

@@ -186,6 +186,7 @@ def test_json_logs_are_one_object_per_line_with_the_call_and_the_change(tmp_path
     assert {
         "logger": "edgekeys.changes",
         "event": "KeyCreated",
+        "method": "CreateApiKey",
         "actor": "anonymous",
         **shared,
     }.items() <= next(e for e in entries if e["logger"] == "edgekeys.changes").items()
