@@ -4,11 +4,13 @@ The route tells which deployment it serves in `context_extensions["deployment"]`
 key comes from `x-api-key` or `Authorization: Bearer …` (x-api-key wins when both are
 sent). Allowed requests go upstream without either header and with
 `x-edgekeys-api-key: <key name>`; denied ones get 401 or 403 and a small JSON body
-(503 from an edge follower cut off from its upstream for longer than its max staleness).
+(429 with `retry-after` for a client over its failure limit; 503 from an edge follower
+cut off from its upstream for longer than its max staleness).
 """
 
 import functools
 import json
+import math
 from collections.abc import Mapping
 
 import grpc
@@ -34,17 +36,21 @@ _REMOVED = (KEY_HEADER, "authorization")
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def _denial(http_status: int, code: int, reason: str, message: str) -> CheckResponse:
+def _denial(
+    http_status: int, code: int, reason: str, message: str, **headers: str
+) -> CheckResponse:
     body = json.dumps({"error": {"code": http_status, "reason": reason, "message": message}})
+    headers = {"content-type": "application/json", **headers}
     return CheckResponse(
         status=status_pb2.Status(code=code, message=message),
         denied_response=DeniedHttpResponse(
             status=HttpStatus(code=http_status),  # type: ignore[arg-type]
             headers=[
                 HeaderValueOption(
-                    header=HeaderValue(key="content-type", value="application/json"),
+                    header=HeaderValue(key=name.replace("_", "-"), value=value),
                     append_action=_OVERWRITE,
                 )
+                for name, value in headers.items()
             ],
             body=body,
         ),
@@ -72,13 +78,19 @@ DENIALS = {
         "VERDICT_DEPLOYMENT_NOT_ALLOWED",
         "the API key is not attached to this deployment",
     ),
-    vpb.VERDICT_RATE_LIMITED: _denial(
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _rate_limited(seconds: int) -> CheckResponse:
+    """429 with `retry-after`: when this client's next failure is allowed."""
+    return _denial(
         429,
         code_pb2.RESOURCE_EXHAUSTED,
         "VERDICT_RATE_LIMITED",
         "too many failed attempts from this client; retry later",
-    ),
-}
+        retry_after=str(seconds),
+    )
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -123,6 +135,8 @@ class AuthorizationService:
         verdict, entry = self.validator.verdict(
             secret, deployment, client, limited_to, self.validator.clock()
         )
+        if verdict == vpb.VERDICT_RATE_LIMITED:
+            return _rate_limited(max(1, math.ceil(self.validator.retry_after(client))))
         if verdict != vpb.VERDICT_ALLOWED or entry is None:
             return DENIALS[verdict]
         return _allowed(entry.name)

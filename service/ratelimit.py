@@ -41,6 +41,14 @@ class FailureLimiter:
         tokens, since = bucket
         return tokens + (self.clock() - since) * self.rate < 1
 
+    def wait(self, client: str) -> float:
+        """Seconds until `client` may fail again; 0 when it may now."""
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            return 0.0
+        tokens, since = bucket
+        return max(0.0, (1 - tokens) / self.rate - (self.clock() - since))
+
     def failed(self, client: str) -> None:
         """Spend one of `client`'s failures."""
         now = self.clock()

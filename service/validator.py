@@ -34,6 +34,10 @@ class Validator:
         freshness = self.freshness
         return freshness if freshness is not None and freshness.stale() else None
 
+    def retry_after(self, client: str) -> float:
+        """Seconds until a client now VERDICT_RATE_LIMITED is answered again."""
+        return self.failures.wait(client) if self.failures is not None else 0.0
+
     def verdict(
         self, secret: str, deployment: str, client: str, scope: Caller | None, now: datetime
     ) -> tuple["vpb.Verdict", Entry | None]:

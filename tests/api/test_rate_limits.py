@@ -12,7 +12,7 @@ from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
 from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
-from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from service import callers
 from service.ratelimit import FailureLimiter
 from tests.calls import bearer
@@ -121,6 +121,10 @@ def test_every_kind_of_denial_counts_and_allowed_requests_do_not(
 
 
 def check(server: RunningServer, secret: str, source: str) -> int:
+    return int(checked(server, secret, source).denied_response.status.code or 200)
+
+
+def checked(server: RunningServer, secret: str, source: str) -> CheckResponse:
     request = CheckRequest(
         attributes=AttributeContext(
             source=AttributeContext.Peer(
@@ -132,8 +136,8 @@ def check(server: RunningServer, secret: str, source: str) -> int:
             context_extensions={"deployment": LLAMA},
         )
     )
-    reply = external_auth_pb2_grpc.AuthorizationStub(server.channel).Check(request)
-    return int(reply.denied_response.status.code or 200)
+    reply: CheckResponse = external_auth_pb2_grpc.AuthorizationStub(server.channel).Check(request)
+    return reply
 
 
 def test_check_answers_429_to_a_guessing_source_address(
@@ -144,6 +148,22 @@ def test_check_answers_429_to_a_guessing_source_address(
     assert [check(server, NOT_A_KEY, ATTACKER) for _ in range(4)] == [401, 401, 401, 429]
     assert check(server, live, ATTACKER) == 429
     assert check(server, live, NEIGHBOUR) == 200
+
+
+def test_a_429_says_when_to_retry(serving: Callable[..., RunningServer]) -> None:
+    server = serving(failed_validation_rate=0.5, failed_validation_burst=2)
+    for _ in range(2):
+        checked(server, NOT_A_KEY, ATTACKER)
+    refused = checked(server, NOT_A_KEY, ATTACKER).denied_response
+    assert refused.status.code == 429
+    headers = {h.header.key: h.header.value for h in refused.headers}
+    assert 1 <= int(headers["retry-after"]) <= 2  # one failure back every 2 s
+    assert headers["content-type"] == "application/json"
+    never = serving(**NEVER)  # 0.0001 a second: back in 10,000 s
+    for _ in range(4):
+        denied = checked(never, NOT_A_KEY, ATTACKER).denied_response
+    retry = {h.header.key: h.header.value for h in denied.headers}["retry-after"]
+    assert 9_990 <= int(retry) <= 10_000
 
 
 def test_a_rate_of_zero_turns_the_limit_off(serving: Callable[..., RunningServer]) -> None:
