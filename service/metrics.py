@@ -129,7 +129,10 @@ class Metrics:
     def serve(self, address: str) -> int:
         """Serve /metrics on `host:port` in a thread of its own; returns the port."""
         host, _, port = address.rpartition(":")
-        self._http, _ = start_http_server(int(port), host.strip("[]"), self.registry)
+        try:
+            self._http, _ = start_http_server(int(port), host.strip("[]"), self.registry)
+        except OSError as error:  # taken, or not an address of this machine
+            raise RuntimeError(f"cannot serve metrics on {address}: {error.strerror}") from None
         bound: int = self._http.server_port
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound

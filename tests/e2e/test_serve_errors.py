@@ -3,6 +3,7 @@ never a traceback, and never with the password of the URL."""
 
 import base64
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -36,9 +37,25 @@ def store(url: str) -> list[str]:
         (["--tls-client-ca", "ca.pem"], "needs --tls-cert and --tls-key"),
         (["--tls-cert", "/nonexistent", "--tls-key", "/nonexistent"], "cannot read a TLS file"),
         (["--tls-cert", "README.md", "--tls-key", "README.md"], "--tls-cert: not a PEM"),
+        (["--metrics-address", "9100"], "--metrics-address must be HOST:PORT"),
+        (["--metrics-address", "192.0.2.1:9100"], "cannot serve metrics on 192.0.2.1:9100"),
+        (["--workers", "2", "--metrics-address", "127.0.0.1:0"], "fixed --metrics-address"),
+        (["--log-format", "xml"], "--log-format must be text or json"),
     ],
 )
 def test_settings_that_cannot_be_used_are_one_clear_line(flags: list[str], expected: str) -> None:
+    refused(flags, expected)
+
+
+def test_a_metrics_port_already_taken_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        refused(["--metrics-address", address], f"cannot serve metrics on {address}")
+
+
+def refused(flags: list[str], expected: str) -> None:
     done = subprocess.run(
         [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0", *flags],
         cwd=ROOT,
