@@ -38,7 +38,6 @@ def store(url: str) -> list[str]:
         (["--tls-cert", "/nonexistent", "--tls-key", "/nonexistent"], "cannot read a TLS file"),
         (["--tls-cert", "README.md", "--tls-key", "README.md"], "--tls-cert: not a PEM"),
         (["--metrics-address", "9100"], "--metrics-address must be HOST:PORT"),
-        (["--metrics-address", "192.0.2.1:9100"], "cannot serve metrics on 192.0.2.1:9100"),
         (["--workers", "2", "--metrics-address", "127.0.0.1:0"], "fixed --metrics-address"),
         (["--log-format", "xml"], "--log-format must be text or json"),
     ],
