@@ -122,9 +122,12 @@ class Metrics:
         """The durations of `method`'s unary calls."""
         return self.durations.setdefault(method, Tally())
 
-    def watch(self, lags: Callable[[], list[Lag]], keys: Callable[[], int]) -> None:
-        """Report the projections' lag and the index's size, measured at each scrape."""
-        self.registry.register(_Projections(lags, keys))
+    def watch(
+        self, lags: Callable[[], list[Lag]], keys: Callable[[], int], reachable: Callable[[], bool]
+    ) -> None:
+        """Report the projections' lag, the index's size and whether the source (the
+        store, or an edge follower's upstream) is heard, measured at each scrape."""
+        self.registry.register(_Projections(lags, keys, reachable))
 
     def serve(self, address: str) -> int:
         """Serve /metrics on `host:port` in a thread of its own; returns the port."""
@@ -173,9 +176,12 @@ class _Tallies(Collector):
 
 
 class _Projections(Collector):
-    def __init__(self, lags: Callable[[], list[Lag]], keys: Callable[[], int]) -> None:
+    def __init__(
+        self, lags: Callable[[], list[Lag]], keys: Callable[[], int], reachable: Callable[[], bool]
+    ) -> None:
         self.lags = lags
         self.keys = keys
+        self.reachable = reachable
 
     def collect(self) -> Iterator[Metric]:
         events = GaugeMetricFamily(
@@ -196,6 +202,12 @@ class _Projections(Collector):
         yield seconds
         yield GaugeMetricFamily(
             "edgekeys_index_keys", "Keys in the validation index", value=self.keys()
+        )
+        yield GaugeMetricFamily(
+            "edgekeys_source_reachable",
+            "1 while the store answers (0: validating from memory, writes refused); on an "
+            "edge follower, 1 while its index is fresh (0: failing closed)",
+            value=int(self.reachable()),
         )
 
 

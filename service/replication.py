@@ -336,7 +336,7 @@ class FollowerServer:
         self.gate = exposure.gate(settings)
         self.inflight = rpc.InFlight()
         self.metrics = Metrics()
-        self.metrics.watch(self._lags, self.index.__len__)
+        self.metrics.watch(self._lags, self.index.__len__, lambda: not self.freshness.stale())
         validator = Validator(
             self.index,
             clock,

@@ -56,7 +56,7 @@ class EdgeKeysServer:
         self.last_use = LastUse(self.catalog, settings.last_use_interval)
         self.feed = Feed()
         self.metrics = Metrics()
-        self.metrics.watch(self._lags, self.index.__len__)
+        self.metrics.watch(self._lags, self.index.__len__, self._store_available)
         self.stopping = threading.Event()  # set by stop(): long work gives up
         self.index_feed = Feed()  # wakes edge followers' streams (ReplicationService)
         self.writer = Writer(self.projector, self._projected, self.metrics)

@@ -122,6 +122,19 @@ def test_projection_lag_counts_events_the_server_has_not_seen_yet(
         assert value(again, "edgekeys_projection_lag_events", projection=projection) == 0
         assert value(again, "edgekeys_projection_lag_seconds", projection=projection) == 0
     assert value(again, "edgekeys_index_keys") == 3
+    assert value(again, "edgekeys_source_reachable") == 1
+
+
+def test_a_store_replica_cut_off_from_its_store_says_so(metered: RunningServer) -> None:
+    metered.create()
+    metered.on_server_thread(lambda: setattr(metered.server, "store_available", False))
+    try:
+        cut_off = scrape(metered)
+    finally:
+        metered.on_server_thread(lambda: setattr(metered.server, "store_available", True))
+    assert value(cut_off, "edgekeys_source_reachable") == 0
+    assert not [name for name, _ in cut_off if name.startswith("edgekeys_projection_lag")]
+    assert value(scrape(metered), "edgekeys_source_reachable") == 1
 
 
 @pytest.mark.both_stores

@@ -367,6 +367,7 @@ def test_a_follower_reports_its_lag_behind_the_upstream_and_its_verdicts(
 
     eventually(lambda: metric("edgekeys_index_keys"), 2.0)
     assert metric("edgekeys_projection_lag_events", projection="index") == 0
+    assert metric("edgekeys_source_reachable") == 1
     assert 0 <= metric("edgekeys_projection_lag_seconds", projection="index") < 60
     assert edge.verdict(kept.secret) == vpb.VERDICT_ALLOWED
     assert metric("edgekeys_validations_total", verdict="VERDICT_ALLOWED") == 1
@@ -399,6 +400,7 @@ def test_a_follower_that_never_reached_its_upstream_fails_closed(
     errors = "edgekeys_rpc_errors_total"
     assert value(samples, errors, method="ValidateApiKey", code="UNAVAILABLE") == 1
     assert value(samples, "edgekeys_validations_total", verdict="VERDICT_NOT_FOUND") == 0
+    assert value(samples, "edgekeys_source_reachable") == 0
 
 
 def test_a_follower_cut_off_from_its_upstream_lets_the_followers_behind_it_go_stale(
