@@ -53,7 +53,7 @@ def _serve_command(arguments: argparse.Namespace) -> int:
 
     try:
         settings = config.from_arguments(arguments)
-        _configure_logging(settings)
+        logs.configure(settings.log_level, settings.log_format)
         upstream = client.Credentials.of(arguments)  # a follower's, to reach its upstream
         if settings.workers > 1:
             return _supervise(settings, upstream)
@@ -150,7 +150,7 @@ def _shifted(address: str, offset: int) -> str:
 
 
 def _worker(settings: config.Settings, upstream: client.Credentials, supervisor: int) -> None:
-    _configure_logging(settings)
+    logs.configure(settings.log_level, settings.log_format)
     asyncio.run(_serve(settings, upstream, supervisor))
 
 
@@ -285,10 +285,6 @@ def _store_copy(arguments: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _configure_logging(settings: config.Settings) -> None:
-    logs.configure(settings.log_level, settings.log_format)
 
 
 if __name__ == "__main__":
