@@ -63,7 +63,8 @@ class ValidationIndex:
         self._lock = threading.Lock()
         # Each change as (position, key ID, key name), oldest first; complete for every
         # position from `_journal_start` on. Not the entries: what a follower needs is
-        # each key as it is now, and a tuple of shared objects costs 80 bytes a change.
+        # each key as it is now, and this tuple costs about 150 bytes a change (the name
+        # is the entry's own while the key lives).
         self._journal: deque[tuple[int, int, str]] = deque(maxlen=journal or JOURNAL)
         self._journal_start = 0
 
