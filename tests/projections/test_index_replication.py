@@ -1,6 +1,7 @@
 """projections/index.py for edge followers: the journal of changes an upstream streams
 from, and the entry-by-entry updates a follower's index takes."""
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from edgekeys.v1.validation_pb2 import (
     VERDICT_DEPLOYMENT_NOT_ALLOWED,
     VERDICT_NOT_FOUND,
 )
-from projections.index import Change, Entry, ValidationIndex
+from projections.index import Change, Entry, Journal, ValidationIndex
 from service import keyformat
 from service.domain import ApiKey
 from service.names import KeyName
@@ -89,6 +90,21 @@ def test_a_position_the_journal_forgot_or_beyond_the_index_needs_a_snapshot() ->
     position, entries = index.snapshot()
     assert position == 4
     assert len(entries) == 4
+
+
+def test_the_journal_is_a_ring_of_the_last_changes_with_whole_key_ids() -> None:
+    journal = Journal(3)
+    ids = [uuid.uuid4().int | 1 << 127 for _ in range(5)]  # the top bit set: 128 bits kept
+    for position, key_id in enumerate(ids, start=10):
+        journal.append(position, key_id, f"projects/acme/apiKeys/key-{position}")
+    assert list(journal.newest_first()) == [
+        (14, ids[4], "projects/acme/apiKeys/key-14"),
+        (13, ids[3], "projects/acme/apiKeys/key-13"),
+        (12, ids[2], "projects/acme/apiKeys/key-12"),
+    ]
+    assert journal.start == 11  # complete for every position after it
+    journal.clear(20)
+    assert (list(journal.newest_first()), journal.start) == ([], 20)
 
 
 def entry(name: str, secret: str, *deployments: str) -> Entry:
