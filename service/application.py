@@ -120,9 +120,10 @@ class KeyStore(Application[UUID]):
                 event=type(event).__name__,
                 key=names.get(event.originator_id, ""),
                 version=event.originator_version,
-                actor=getattr(event, "actor", ""),
+                caller=getattr(event, "actor", ""),  # the event's actor
                 method=logs.method.get(),
                 request_id=getattr(event, "request_id", ""),
+                outcome="stored",
                 position=recording.notification.id,
             )
         return recordings

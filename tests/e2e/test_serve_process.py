@@ -187,7 +187,8 @@ def test_json_logs_are_one_object_per_line_with_the_call_and_the_change(tmp_path
         "logger": "edgekeys.changes",
         "event": "KeyCreated",
         "method": "CreateApiKey",
-        "actor": "anonymous",
+        "caller": "anonymous",
+        "outcome": "stored",
         **shared,
     }.items() <= next(e for e in entries if e["logger"] == "edgekeys.changes").items()
     assert created.secret not in log.read_text()
