@@ -142,8 +142,9 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
     ) -> pb.GetApiKeyResponse:
         name = requests.key_name(request.name)
         authorize(name.project)
-        key = await asyncio.to_thread(self.keys.get_key, name)
-        last_use = await asyncio.to_thread(self.last_use.of, str(name))
+        key, last_use = await asyncio.to_thread(
+            lambda: (self.keys.get_key(name), self.last_use.of(str(name)))
+        )
         return pb.GetApiKeyResponse(api_key=api_key_message(key, last_use))
 
     async def ListApiKeys(

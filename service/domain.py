@@ -317,16 +317,14 @@ class ApiKey(Aggregate):
         self._check_not_deleted()
         if not timedelta(0) <= grace <= MAX_GRACE:
             raise GraceOutOfRange(f"grace_period must be 0 to {MAX_GRACE.days} days")
-        until: datetime | None = now + grace
-        if self.expire_time is not None and until is not None:
+        until = now + grace
+        if self.expire_time is not None:
             until = min(until, self.expire_time)
-        if until is not None and until <= now:
-            until = None
         self._record(
             self.SecretRotated,
             secret_sha256=secret_sha256,
             secret_hint=secret_hint,
-            previous_until=until,
+            previous_until=until if until > now else None,
             now=now,
             **context,
         )

@@ -338,11 +338,7 @@ class FollowerServer:
         self.metrics = Metrics()
         self.metrics.watch(self._lags, self.index.__len__, lambda: not self.freshness.stale())
         validator = Validator(
-            self.index,
-            clock,
-            self.freshness,
-            exposure.validation_failures(settings),
-            metrics=self.metrics,
+            self.index, clock, self.metrics, self.freshness, exposure.validation_failures(settings)
         )
         rpc.register(
             self.server,

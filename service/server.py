@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import grpc
@@ -72,9 +72,9 @@ class EdgeKeysServer:
         validator = Validator(
             self.index,
             clock,
+            self.metrics,
             failures=exposure.validation_failures(settings),
             uses=self.last_use.pending,
-            metrics=self.metrics,
         )
         rpc.register(
             self.server,
@@ -144,8 +144,7 @@ class EdgeKeysServer:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._follow_notifications()
-        await self.writer.catch_up(self.projector.load_index)
-        await self._catch_up()
+        await self._catch_up(first=self.projector.load_index)
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())
         self._verifier = asyncio.create_task(self._verify())
@@ -243,8 +242,8 @@ class EdgeKeysServer:
         status = health_pb2.HealthCheckResponse
         await self._set_serving(status.SERVING if reachable else status.NOT_SERVING, STORE_SERVICES)
 
-    async def _catch_up(self) -> None:
-        await self.writer.catch_up()
+    async def _catch_up(self, first: Callable[[], object] = lambda: None) -> None:
+        await self.writer.catch_up(first)
         self.last_sync = utc_now()
 
     async def _verify(self) -> None:

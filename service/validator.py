@@ -17,17 +17,17 @@ class Validator:
         self,
         index: ValidationIndex,
         clock: Clock,
+        metrics: Metrics,
         freshness: Freshness | None = None,
         failures: FailureLimiter | None = None,
         uses: dict[str, datetime] | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         self.index = index
         self.clock = clock
         self.freshness = freshness  # an edge follower's: refuse to answer once stale
         self.failures = failures  # failed validations per end client
         self.uses = uses  # key name → last ALLOWED (see service.last_use)
-        self.counts = (metrics or Metrics()).verdicts  # verdict → how many given
+        self.counts = metrics.verdicts  # verdict → how many given
 
     def stale(self) -> Freshness | None:
         """An edge follower's freshness once it has gone stale; else None."""
