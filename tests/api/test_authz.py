@@ -6,6 +6,7 @@ import pytest
 from google.rpc import code_pb2
 
 from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.vendor.envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
 from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
@@ -15,20 +16,31 @@ LLAMA = "projects/acme/deployments/llama"
 MISTRAL = "projects/acme/deployments/mistral"
 
 
-def check(
-    running: RunningServer, headers: dict[str, str], deployment: str | None = LLAMA
-) -> CheckResponse:
+def check_request(
+    headers: dict[str, str], deployment: str | None = LLAMA, source: str = ""
+) -> CheckRequest:
+    """What Envoy sends: the request's headers, the route's deployment (None: the route
+    names none) and the downstream address (empty: none)."""
     extensions = {"deployment": deployment} if deployment is not None else {}
-    request = CheckRequest(
+    peer = AttributeContext.Peer(
+        address=Address(socket_address=SocketAddress(address=source, port_value=40000))
+    )
+    return CheckRequest(
         attributes=AttributeContext(
+            source=peer if source else None,
             request=AttributeContext.Request(
                 http=AttributeContext.HttpRequest(method="POST", path="/v1/chat", headers=headers)
             ),
             context_extensions=extensions,
         )
     )
+
+
+def check(
+    running: RunningServer, headers: dict[str, str], deployment: str | None = LLAMA
+) -> CheckResponse:
     response: CheckResponse = external_auth_pb2_grpc.AuthorizationStub(running.channel).Check(
-        request, timeout=10
+        check_request(headers, deployment), timeout=10
     )
     return response
 

@@ -12,9 +12,8 @@ import pytest
 
 from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
-from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
-from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from service import callers, keyformat
+from tests.api.test_authz import check_request
 from tests.conftest import FakeClock, RunningServer
 
 LLAMA = "projects/acme/deployments/llama"
@@ -51,17 +50,6 @@ class Observer:
     def stop() -> None:
         sys.setprofile(None)
         sys.settrace(None)
-
-
-def check_request(secret: str, deployment: str = LLAMA) -> CheckRequest:
-    return CheckRequest(
-        attributes=AttributeContext(
-            request=AttributeContext.Request(
-                http=AttributeContext.HttpRequest(headers={"x-api-key": secret})
-            ),
-            context_extensions={"deployment": deployment},
-        )
-    )
 
 
 def secrets_of_every_verdict(running: RunningServer) -> list[str]:
@@ -108,7 +96,7 @@ def test_validation_and_check_touch_no_database_and_raise_nothing(
                     running.validation.ValidateApiKeys(
                         vpb.ValidateApiKeysRequest(requests=[request])
                     )
-                    authorization.Check(check_request(secret, deployment))
+                    authorization.Check(check_request({"x-api-key": secret}, deployment))
     finally:
         running.on_server_thread(Observer.stop)
 

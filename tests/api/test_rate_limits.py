@@ -9,12 +9,11 @@ import grpc
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
-from edgekeys.vendor.envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
-from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
-from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from service import callers
 from service.ratelimit import FailureLimiter
+from tests.api.test_authz import check_request
 from tests.calls import bearer
 from tests.conftest import RunningServer
 
@@ -125,17 +124,7 @@ def check(server: RunningServer, secret: str, source: str) -> int:
 
 
 def checked(server: RunningServer, secret: str, source: str) -> CheckResponse:
-    request = CheckRequest(
-        attributes=AttributeContext(
-            source=AttributeContext.Peer(
-                address=Address(socket_address=SocketAddress(address=source, port_value=40000))
-            ),
-            request=AttributeContext.Request(
-                http=AttributeContext.HttpRequest(headers={"x-api-key": secret})
-            ),
-            context_extensions={"deployment": LLAMA},
-        )
-    )
+    request = check_request({"x-api-key": secret}, source=source)
     reply: CheckResponse = external_auth_pb2_grpc.AuthorizationStub(server.channel).Check(request)
     return reply
 

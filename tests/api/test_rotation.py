@@ -14,8 +14,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
-from tests.api.test_hot_path import check_request
+from tests.api.test_authz import check
 from tests.api.test_lifecycle import stamp
 from tests.api.test_replication import RunningFollower
 from tests.conftest import RunningServer
@@ -51,21 +50,19 @@ def test_the_old_secret_works_until_the_grace_period_ends(running: RunningServer
     assert rotated.api_key.secret_hint != created.api_key.secret_hint
     until = rotated.api_key.previous_secret_expire_time.ToDatetime()
     assert until == (running.clock.now + timedelta(hours=1)).replace(tzinfo=None)
-    check = external_auth_pb2_grpc.AuthorizationStub(running.channel).Check
     assert (verdict(running, old), verdict(running, new)) == (vpb.VERDICT_ALLOWED,) * 2
-    assert not check(check_request(old)).HasField("denied_response")
+    assert not check(running, {"x-api-key": old}).HasField("denied_response")
 
     running.clock.advance(seconds=HOUR - 0.000001)  # the last microsecond of grace
     assert verdict(running, old) == vpb.VERDICT_ALLOWED
     running.restart()  # the grace survives a restart (index loaded from the catalog)
-    check = external_auth_pb2_grpc.AuthorizationStub(running.channel).Check
     assert verdict(running, old) == vpb.VERDICT_ALLOWED
     running.clock.advance(seconds=0.000001)
     assert (verdict(running, old), verdict(running, new)) == (
         vpb.VERDICT_NOT_FOUND,
         vpb.VERDICT_ALLOWED,
     )
-    assert check(check_request(old)).denied_response.status.code == 401
+    assert check(running, {"x-api-key": old}).denied_response.status.code == 401
 
 
 def test_the_grace_never_outlasts_the_key(running: RunningServer) -> None:
