@@ -246,6 +246,12 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_record(row, self.words) for row in conn.execute(query).mappings()]
 
+    def purged(self) -> set[UUID]:
+        """The keys whose personal data was purged."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(keys.c.id).where(keys.c.purge_time.is_not(None)))
+            return {UUID(row.id) for row in rows}
+
     def lookup(self, digest: bytes) -> KeyRecord | None:
         """The key whose secret, or whose secret before its last rotation, has `digest`."""
         query = sa.select(keys).where(

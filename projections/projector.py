@@ -131,13 +131,25 @@ class Projector:
                     except (SQLAlchemyError, ValueError):
                         log.exception("%s update failed after position %d; will retry", name, start)
                         behind.add(name)
-                # After the catalog blanked its copy, so the checkpoint in `destroy`
-                # leaves no page with the words in the database file.
-                for _, event in fresh:
-                    owner = event.originator_id
-                    purged = isinstance(event, ApiKey.PersonalDataPurged)
-                    if purged and self.app.data_keys.find(owner) is not None:
-                        self.app.data_keys.destroy(owner)
+                self._forget_purged(events)
+
+    def _forget_purged(self, events: Sequence[tuple[Notification, ApiKey.Event]]) -> None:
+        """A purge destroyed its data key with its event (see KeyStore.purge_key): every
+        replica drops its copy from memory, and, once the catalog has blanked its words
+        too, the WAL is emptied so that no older page of theirs stays in the files."""
+        purged = [e.originator_id for _, e in events if isinstance(e, ApiKey.PersonalDataPurged)]
+        for owner in purged:
+            self.app.data_keys.forget(owner)
+        if purged and not self.app.data_keys.checkpoint():
+            log.warning("the WAL could not be emptied after a purge; retried at the next one")
+
+    def destroy_purged(self) -> None:
+        """At start, once caught up: destroy any data key a purge left behind (a store
+        purged by an older edgekeys that crashed in between) and empty the WAL."""
+        if destroyed := self.app.data_keys.destroy_purged(self.catalog.purged()):
+            log.warning("destroyed %d data keys that purges had left behind", destroyed)
+        if not self.app.data_keys.checkpoint():
+            log.warning("the WAL could not be emptied at start: another process reads the store")
 
     def lags(self, head: int) -> list[Lag]:
         """How far each projection is behind `head`, the store's last position."""

@@ -2,10 +2,12 @@
 
 import asyncio
 import functools
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgekeys.v1 import api_keys_pb2 as pb
@@ -17,6 +19,7 @@ from service.application import KeyStore, etag_of
 from service.callers import Caller, authorize, current, key_project
 from service.domain import KeyNotFound, StaleEtag
 from service.errors import InvalidArgument
+from service.idempotency import NO_REQUEST, Request
 from service.last_use import LastUse
 from service.names import KeyName
 from service.validator import Validator
@@ -96,13 +99,26 @@ def _timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def _mutation_options(request: Any, name: KeyName) -> dict[str, str]:
-    """What every change to one key takes: its etag, request id, and the caller (who
+def _request(request: Message) -> Request:
+    """What names a mutating request (AIP-155): its request id, its method, and a
+    fingerprint of every other field it carries."""
+    request_id = requests.request_id(request.request_id)  # type: ignore[attr-defined]
+    if not request_id:
+        return NO_REQUEST
+    fields = type(request)()
+    fields.CopyFrom(request)
+    fields.ClearField("request_id")
+    fingerprint = hashlib.sha256(fields.SerializeToString(deterministic=True)).hexdigest()
+    return Request(request_id, request.DESCRIPTOR.name.removesuffix("Request"), fingerprint)
+
+
+def _mutation_options(request: Any, name: KeyName) -> dict[str, Any]:
+    """What every change to one key takes: its etag, the request, and the caller (who
     must be allowed in the key's project)."""
     return {
         "etag": request.etag,
         "actor": authorize(name.project).name,
-        "request_id": requests.request_id(request.request_id),
+        "request": _request(request),
     }
 
 
@@ -133,7 +149,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
             requests.deployments(spec.deployments, "api_key.deployments", project=project),
             expire_time,
             actor=caller.name,
-            request_id=requests.request_id(request.request_id),
+            request=_request(request),
         )
         return pb.CreateApiKeyResponse(api_key=api_key_message(key), secret=secret)
 
@@ -232,7 +248,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
                 **changes,
                 etag=spec.etag,
                 actor=caller.name,
-                request_id=requests.request_id(request.request_id),
+                request=_request(request),
             )
         except StaleEtag as error:
             error.field = "api_key.etag"  # where this request carries it

@@ -5,9 +5,7 @@ the projections follow the store.
 """
 
 import hashlib
-import random
 import secrets
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
@@ -19,8 +17,11 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 from service import callers, keyformat, logs, sealing
 from service.database import exclusive_setup, sql_engine, store_environment
 from service.domain import ApiKey, KeyAlreadyExists, KeyNotFound, StaleEtag
+from service.idempotency import NO_REQUEST, Request
 from service.names import KeyName
 from service.personal_data import DataKeys, PersonalDataAsCiphertext
+from service.recorders import Side
+from service.request_log import RequestLog
 from service.sealing import Sealer
 
 Clock = Callable[[], datetime]
@@ -33,17 +34,18 @@ def utc_now() -> datetime:
 
 ANONYMOUS = callers.ANONYMOUS.name  # the actor when no callers file is configured
 UNCHANGED: Final = object()  # "leave the expiry as it is", as opposed to None: "never expires"
-# On a version conflict with another writer (another replica), when no etag pins the
-# version: retries, after a random pause that grows, so that two replicas hammering one
-# key stop colliding in step.
-MAX_ATTEMPTS = 12
-BACKOFF = 0.002  # seconds, doubled at each attempt, at most 0.1
 CIPHER = "eventsourcing.cryptography:AESCipher"
 READABLE_SAMPLE = 5  # events tried at each end of the store before serving it
 
 
 class UnreadableStore(ValueError):
     """The store's events do not decode with the encryption key given (or without one)."""
+
+
+class Conflict(Exception):
+    """Another writer (another replica) changed the key first and no etag pins the
+    version: try the command again on the fresh key (`service.writer` does, after a
+    pause, without holding up other writes)."""
 
 
 def etag_of(version: int) -> str:
@@ -64,6 +66,7 @@ class KeyStore(Application[UUID]):
         self.engine = sql_engine(database_url)  # for everything kept beside the store
         with exclusive_setup(self.engine):  # the library creates its tables here
             self.data_keys = DataKeys(self.engine, self.sealer("data keys"))
+            self.request_log = RequestLog(self.engine)
             super().__init__(env=environment)
         self.clock = clock
         self._check_readable()
@@ -148,12 +151,13 @@ class KeyStore(Application[UUID]):
         expire_time: datetime | None,
         *,
         actor: str = ANONYMOUS,
-        request_id: str = "",
+        request: Request = NO_REQUEST,
     ) -> tuple[ApiKey, str]:
         """The new key and its secret; for a retried request, the key and no secret."""
-        name = KeyName(project, key_id or _new_key_id(project, request_id))
-        if request_id and (retried := self._created_by(name, request_id)):
-            return retried, ""
+        name = KeyName(project, key_id or _new_key_id(project, request.id))
+        now = self.clock()
+        if self.request_log.applied(request, str(name), now):
+            return self.get_key(name), ""
         secret = keyformat.new_secret()
         key = ApiKey.create(
             name,
@@ -164,24 +168,16 @@ class KeyStore(Application[UUID]):
             secret_sha256=keyformat.digest(secret).hex(),
             secret_hint=keyformat.hint(secret),
             actor=actor,
-            request_id=request_id,
-            now=self.clock(),
+            request_id=request.id,
+            now=now,
         )
         try:
-            self.save(key)
+            self.save(key, side=self.request_log.record(request, str(name), now))
         except IntegrityError:
-            if request_id and (retried := self._created_by(name, request_id)):
-                return retried, ""  # the first attempt won a race with this retry
+            if self.request_log.applied(request, str(name), now):
+                return self.get_key(name), ""  # the first attempt won a race with this retry
             raise KeyAlreadyExists(f"{name} already exists") from None
         return key, secret
-
-    def _created_by(self, name: KeyName, request_id: str) -> ApiKey | None:
-        """The key `name` if the request `request_id` created it."""
-        try:
-            key = self.get_key(name)
-        except KeyNotFound:
-            return None
-        return key if key.creation_request_id == request_id else None
 
     def update_key(
         self,
@@ -190,9 +186,7 @@ class KeyStore(Application[UUID]):
         display_name: str | None = None,
         description: str | None = None,
         expire_time: datetime | object | None = UNCHANGED,
-        etag: str = "",
-        actor: str = ANONYMOUS,
-        request_id: str = "",
+        **options: Any,
     ) -> ApiKey:
         def update(key: ApiKey, **context: Any) -> None:
             key.change_details(display_name, description, **context)
@@ -200,15 +194,15 @@ class KeyStore(Application[UUID]):
                 assert expire_time is None or isinstance(expire_time, datetime)
                 key.change_expiry(expire_time, **context)
 
-        return self._change(name, update, etag=etag, actor=actor, request_id=request_id)
+        return self._change(name, update, **options)
 
-    def attach_deployment(self, name: KeyName, deployment: str, **options: str) -> ApiKey:
+    def attach_deployment(self, name: KeyName, deployment: str, **options: Any) -> ApiKey:
         return self._change(name, lambda key, **c: key.attach(deployment, **c), **options)
 
-    def detach_deployment(self, name: KeyName, deployment: str, **options: str) -> ApiKey:
+    def detach_deployment(self, name: KeyName, deployment: str, **options: Any) -> ApiKey:
         return self._change(name, lambda key, **c: key.detach(deployment, **c), **options)
 
-    def rotate_key(self, name: KeyName, grace: timedelta, **options: str) -> tuple[ApiKey, str]:
+    def rotate_key(self, name: KeyName, grace: timedelta, **options: Any) -> tuple[ApiKey, str]:
         """The key and its new secret; for a retried request, the key and no secret."""
         secret = keyformat.new_secret()
         rotated = False
@@ -221,12 +215,21 @@ class KeyStore(Application[UUID]):
         key = self._change(name, rotate, **options)
         return key, secret if rotated else ""
 
-    def delete_key(self, name: KeyName, **options: str) -> ApiKey:
+    def delete_key(self, name: KeyName, **options: Any) -> ApiKey:
         return self._change(name, lambda key, **c: key.delete(**c), **options)
 
-    def purge_key(self, name: KeyName, **options: str) -> ApiKey:
-        """Record the purge; the projections then destroy the data key (see Projector)."""
-        return self._change(name, lambda key, **c: key.purge_personal_data(**c), **options)
+    def purge_key(self, name: KeyName, **options: Any) -> ApiKey:
+        """Record the purge and destroy the key's data key in one transaction: once the
+        purge is stored, its words are unreadable (the catalog's copy is blanked by the
+        projections, before the reply)."""
+        key = self._change(
+            name,
+            lambda key, **c: key.purge_personal_data(**c),
+            side=self.data_keys.destroyed(ApiKey.id_for(name)),
+            **options,
+        )
+        self.data_keys.forget(key.id)
+        return key
 
     def _change(
         self,
@@ -235,30 +238,36 @@ class KeyStore(Application[UUID]):
         *,
         etag: str = "",
         actor: str = ANONYMOUS,
-        request_id: str = "",
+        request: Request = NO_REQUEST,
+        side: list[Side] | None = None,
     ) -> ApiKey:
-        """Run `command` on the current key and save what it recorded.
+        """Run `command` on the current key and save what it recorded, with `side`
+        statements, once.
 
-        A request id the key has seen already changes nothing. Without an etag a
-        lost race with another writer is retried on the fresh key; with one, the
-        caller asked for exactly the version it saw, so the race is theirs to see.
+        A request that took effect already changes nothing. Without an etag a lost race
+        with another writer is a Conflict, for the caller to try again on the fresh key;
+        with one, the caller asked for exactly the version it saw, so the race is theirs
+        to see.
         """
-        for attempt in range(MAX_ATTEMPTS):
-            key = self.get_key(name)
-            if request_id and request_id in key.request_ids:
-                return key
-            if etag and etag != etag_of(key.version):
-                raise StaleEtag(f"{name} changed since etag {etag!r}; read it again")
-            command(key, actor=actor, request_id=request_id, now=self.clock())
-            try:
-                self.save(key)
-            except IntegrityError:
-                if etag:
-                    raise StaleEtag(f"{name} changed while this request ran") from None
-                time.sleep(random.uniform(0, min(BACKOFF * 2**attempt, 0.1)))
-                continue
+        key = self.get_key(name)
+        now = self.clock()
+        if self.request_log.applied(request, str(name), now):
             return key
-        raise StaleEtag(f"{name} is changing too fast; try again")
+        if etag and etag != etag_of(key.version):
+            raise StaleEtag(f"{name} changed since etag {etag!r}; read it again")
+        command(key, actor=actor, request_id=request.id, now=now)
+        recorded = self.request_log.record(request, str(name), now)
+        if not recorded and not key.pending_events:
+            return key  # nothing to store: the key already was as asked
+        try:
+            self.save(key, side=[*recorded, *(side or ())] if key.pending_events else recorded)
+        except IntegrityError:
+            if self.request_log.applied(request, str(name), now):
+                return self.get_key(name)
+            if etag:
+                raise StaleEtag(f"{name} changed while this request ran") from None
+            raise Conflict(f"{name} changed while this request ran") from None
+        return key
 
 
 def _new_key_id(project: str, request_id: str) -> str:

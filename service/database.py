@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from eventsourcing import persistence
 from sqlalchemy.engine import URL, make_url
+
+from service import recorders
 
 LOCK_TIMEOUT = 30  # seconds a writer waits for SQLite's write lock
 CONNECT_TIMEOUT = 2  # seconds to reach PostgreSQL before a request fails UNAVAILABLE
@@ -22,6 +25,14 @@ CONNECT_TIMEOUT = 2  # seconds to reach PostgreSQL before a request fails UNAVAI
 # and its tracking position, and every other replica sees that move before its own.
 WRITE_LOCK = zlib.crc32(b"edgekeys projections")
 SETUP_LOCK = zlib.crc32(b"edgekeys setup")  # held while a replica creates its tables
+# What the database drivers raise when the database cannot be reached (or, for SQLite,
+# stays locked): the request may succeed later, so UNAVAILABLE, not INTERNAL.
+UNREACHABLE = (
+    persistence.OperationalError,
+    persistence.InterfaceError,
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+)
 
 
 def is_postgres(database_url: str) -> bool:
@@ -41,6 +52,7 @@ def store_environment(database_url: str) -> dict[str, str]:
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,
             "SQLITE_LOCK_TIMEOUT": str(LOCK_TIMEOUT),  # other workers may hold the lock
+            "APPLICATION_RECORDER_TOPIC": recorders.SQLITE_TOPIC,
         }
     if is_postgres(database_url):
         url = _postgres_url(database_url)
@@ -56,6 +68,7 @@ def store_environment(database_url: str) -> dict[str, str]:
             "POSTGRES_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
             "POSTGRES_POOL_SIZE": "4",
             "POSTGRES_MAX_OVERFLOW": "8",
+            "APPLICATION_RECORDER_TOPIC": recorders.POSTGRES_TOPIC,
         }
     raise ValueError(
         f"unsupported database URL {database_url!r}: expected sqlite:///FILE "

@@ -90,14 +90,7 @@ class ApiKey(Aggregate):
     class Event(Aggregate.Event):
         TOPIC = "edgekeys:ApiKey.Event"
         actor: str
-        request_id: str
-
-        def mutate(self, aggregate: Any) -> Any:
-            key = super().mutate(aggregate)
-            assert isinstance(key, ApiKey)
-            if self.request_id:
-                key.request_ids[self.request_id] = None
-            return key
+        request_id: str  # for the audit trail; which requests took effect is kept apart
 
     class KeyCreated(Event, Aggregate.Created):
         TOPIC = "edgekeys:KeyCreated"
@@ -192,7 +185,7 @@ class ApiKey(Aggregate):
         expire_time: datetime | None,
         secret_sha256: str,
         secret_hint: str,
-        actor: str,
+        actor: str,  # the creation event's, like request_id: recorded there, not here
         request_id: str,
     ) -> None:
         self.name = name
@@ -205,8 +198,6 @@ class ApiKey(Aggregate):
         self.secret_hint = secret_hint
         self.delete_time: datetime | None = None
         self.purge_time: datetime | None = None
-        self.creation_request_id = request_id
-        self.request_ids: dict[str, None] = {}  # a dict: snapshots store it as JSON
 
     @staticmethod
     def id_for(name: KeyName | str) -> UUID:

@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service import domain
+from service.idempotency import RequestIdReused
 
 DOMAIN = "edgekeys"
 
@@ -25,13 +26,19 @@ class InvalidArgument(Exception):
 
 
 class StoreUnavailable(Exception):
-    """The event store cannot be reached: the request may succeed later."""
+    """The event store cannot be reached, or this replica has not caught up with it
+    since it started: the request may succeed later."""
 
-    def __init__(self) -> None:
+    def __init__(self, reason: str = "STORE_UNAVAILABLE", message: str = "") -> None:
         super().__init__(
-            "the event store is unreachable: changes and catalog reads are refused until "
+            message
+            or "the event store is unreachable: changes and catalog reads are refused until "
             "it is back; ValidateApiKey still answers from memory. Retry later."
         )
+        self.reason = reason
+
+
+NOT_READY = "REPLICA_NOT_READY"
 
 
 class CallerRejected(Exception):
@@ -73,16 +80,23 @@ _DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str, str | None]] = {
 }
 
 
+# What a handler may raise on purpose: each becomes its status (anything else, INTERNAL).
+EXPECTED = (domain.DomainError, InvalidArgument, StoreUnavailable, CallerRejected, RequestIdReused)
+
+
 def to_status(
-    error: "domain.DomainError | InvalidArgument | StoreUnavailable | CallerRejected",
+    error: "domain.DomainError | InvalidArgument | StoreUnavailable | CallerRejected | "
+    "RequestIdReused",
 ) -> grpc.Status:
     field: str | None
     if isinstance(error, CallerRejected):
         code, reason, field = error.code.value[0], error.reason, None
     elif isinstance(error, InvalidArgument):
         code, reason, field = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", error.field
+    elif isinstance(error, RequestIdReused):
+        code, reason, field = code_pb2.INVALID_ARGUMENT, "REQUEST_ID_REUSED", "request_id"
     elif isinstance(error, StoreUnavailable):
-        return unavailable("STORE_UNAVAILABLE", str(error))
+        return unavailable(error.reason, str(error))
     else:
         code, reason, field = _DOMAIN_ERRORS[type(error)]
         field = getattr(error, "field", None) or field

@@ -3,8 +3,9 @@ every insert, on a connection of its own, supervised.
 
 The library's own subscription thread dies silently when its connection drops
 (eventsourcing issue #305); this one reconnects with backoff for as long as the
-server runs. Its connection doubles as the probe of the database: while it cannot
-connect, the store counts as unreachable (see `EdgeKeysServer`, "fail-static").
+server runs. Notifications only wake the poller sooner: while this connection is down
+the poller still polls every interval, and the store is no less reachable for it (a
+killed LISTEN connection says nothing of the others; see `EdgeKeysServer._poll`).
 """
 
 import logging
@@ -30,12 +31,10 @@ class StoreListener:
         channel: str,
         *,
         on_notify: Callable[[], object],
-        on_connection: Callable[[bool], object],
     ) -> None:
         self.conninfo = conninfo
         self.channel = channel
         self.on_notify = on_notify  # something was committed: catch up
-        self.on_connection = on_connection  # True: (re)connected; False: lost
         self.connected = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgekeys-listener", daemon=True)
@@ -61,7 +60,9 @@ class StoreListener:
                             self.on_notify()
             except psycopg.Error as error:
                 if self.connected:
-                    log.warning("lost the store's notifications (%s); reconnecting", error)
+                    log.warning(
+                        "lost the store's notifications (%s); polling until reconnected", error
+                    )
                 self._set_connected(False)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, BACKOFF[1])
@@ -84,4 +85,3 @@ class StoreListener:
             self.connected = connected
             if connected:
                 log.info("listening for the store's notifications")
-            self.on_connection(connected)

@@ -10,7 +10,7 @@ under it (service.sealing), so a copy of the database alone does not open them.
 import base64
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from eventsourcing.persistence import Transcoding
 
 from service.database import create_tables
 from service.domain import PersonalData
+from service.recorders import Side
 from service.sealing import Sealer
 
 _metadata = sa.MetaData()
@@ -34,7 +35,7 @@ _NONCE = 12
 
 
 class DataKeys:
-    """Per-API-key data keys: created on first use, destroyed by `destroy`."""
+    """Per-API-key data keys: created on first use, destroyed with the key's purge."""
 
     def __init__(self, engine: sa.Engine, sealer: Sealer | None = None) -> None:
         self.engine = engine
@@ -89,16 +90,41 @@ class DataKeys:
     def _opened(self, stored: bytes, owner: UUID) -> bytes:
         return self.sealer.open(stored, owner.bytes) if self.sealer else stored
 
-    def destroy(self, owner: UUID) -> None:
-        """Idempotent. On SQLite the row is overwritten with zeros (secure_delete) and
-        the WAL emptied, so no copy of the key stays in the database files."""
-        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
-            conn.execute(_keys.delete().where(_keys.c.owner == owner.hex))
-        if self.engine.dialect.name == "sqlite":
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    def destroyed(self, owner: UUID) -> list[Side]:
+        """The statements that destroy `owner`'s data key inside the transaction that
+        records its purge (`service.recorders`): the purge stored means the key gone.
+        On SQLite the row is overwritten with zeros (secure_delete)."""
+        secure = [Side("PRAGMA secure_delete = ON")] if self.engine.dialect.name == "sqlite" else []
+        return [*secure, Side("DELETE FROM personal_data_keys WHERE owner = ?", (owner.hex,))]
+
+    def forget(self, owner: UUID) -> None:
+        """Drop a destroyed data key from memory (every replica does, at the purge)."""
         with self._lock:
             self._cache[owner] = None
+
+    def destroy_purged(self, purged: Iterable[UUID]) -> int:
+        """Destroy whatever data keys of purged keys remain (a store purged before purges
+        were one transaction, and crashed in between). Idempotent. Returns how many."""
+        purged = list(purged)
+        owners = [owner.hex for owner in purged]
+        destroyed = 0
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
+            for start in range(0, len(owners), 500):
+                chunk = owners[start : start + 500]
+                destroyed += conn.execute(_keys.delete().where(_keys.c.owner.in_(chunk))).rowcount
+        for owner in purged:
+            self.forget(owner)
+        return destroyed
+
+    def checkpoint(self) -> bool:
+        """On SQLite, copy the WAL into the database and empty it, so no page written
+        before a purge (the words, a data key) stays in the files. False when a reader
+        in another process held it back (the next purge, or the next start, finishes it)."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        with self.engine.connect() as conn:
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+        return not busy
 
 
 class PersonalDataAsCiphertext(Transcoding):

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import sqlalchemy.exc
-from eventsourcing import persistence
 from google.protobuf import empty_pb2
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -28,9 +26,9 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from service import callers, logs
 from service.callers import Gate
-from service.domain import DomainError
+from service.database import UNREACHABLE
 from service.errors import (
-    CallerRejected,
+    EXPECTED,
     InvalidArgument,
     StoreUnavailable,
     internal,
@@ -39,14 +37,6 @@ from service.errors import (
 from service.metrics import Metrics
 
 _LENGTH_DELIMITED = 2
-# What the database drivers raise when the database cannot be reached (or, for SQLite,
-# stays locked): the request may succeed later, so UNAVAILABLE, not INTERNAL.
-_UNREACHABLE = (
-    persistence.OperationalError,
-    persistence.InterfaceError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-)
 log = logging.getLogger(__name__)
 
 
@@ -81,18 +71,19 @@ class InFlight:
 @dataclass(frozen=True)
 class Access:
     """What a service asks of each call before its handler runs: an admitted caller
-    with `role` (when there is a gate), then a reachable store (when `available`)."""
+    with `role` (when there is a gate), then a store ready to answer (when `store`
+    says why not, the call is refused at once)."""
 
     role: str
     gate: Gate | None = None
-    available: Callable[[], bool] | None = None
+    store: Callable[[], StoreUnavailable | None] | None = None
     inflight: InFlight = field(default_factory=InFlight)
 
     def check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.gate is not None:
             self.gate.admit(context, self.role)
-        if self.available is not None and not self.available():
-            raise StoreUnavailable()
+        if self.store is not None and (refusal := self.store()) is not None:
+            raise refusal
         if isinstance(request, Undecodable):
             raise request.error
         return request
@@ -250,9 +241,9 @@ class _statuses:
                 self.code = code
                 self.observed.failed(code, "")
             return
-        if isinstance(error, DomainError | InvalidArgument | StoreUnavailable | CallerRejected):
+        if isinstance(error, EXPECTED):
             status = to_status(error)
-        elif isinstance(error, _UNREACHABLE):
+        elif isinstance(error, UNREACHABLE):
             log.warning("the store failed during a request: %s", error)
             status = to_status(StoreUnavailable())
         elif isinstance(error, Exception):

@@ -22,7 +22,8 @@ from service.application import Clock, KeyStore, utc_now
 from service.audit import AuditService, Feed
 from service.authz import AuthorizationService
 from service.config import Settings
-from service.database import is_postgres, redacted
+from service.database import UNREACHABLE, is_postgres, redacted
+from service.errors import NOT_READY, StoreUnavailable
 from service.last_use import LastUse
 from service.listener import StoreListener
 from service.metrics import Lag, Metrics
@@ -31,6 +32,7 @@ from service.validator import Validator
 from service.writer import Writer
 
 log = logging.getLogger(__name__)
+PROBE_INTERVAL = 0.25  # seconds between polls of a store found unreachable
 
 STORE_SERVICES = (
     api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
@@ -56,17 +58,21 @@ class EdgeKeysServer:
         self.last_use = LastUse(self.catalog, settings.last_use_interval)
         self.feed = Feed()
         self.metrics = Metrics()
-        self.metrics.watch(self._lags, self.index.__len__, self._store_available)
+        self.metrics.watch(self._lags, self.index.__len__, self._reachable)
         self.stopping = threading.Event()  # set by stop(): long work gives up
         self.index_feed = Feed()  # wakes edge followers' streams (ReplicationService)
-        self.writer = Writer(self.projector, self._projected, self.metrics)
+        self.writer = Writer(
+            self.projector, self._projected, self.metrics, self._reachable, self._unreachable
+        )
         self.health = health.aio.HealthServicer()
         # Several workers share one port on purpose; a lone server must not share it
         # with a forgotten process by accident.
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
-        # Fail-static: while the shared store is unreachable, what needs it fails fast
-        # with UNAVAILABLE and validation goes on answering from memory.
-        self.store_available = True
+        # Fail-static: while the shared store is unreachable (a write or a poll of it
+        # failed, and no poll has succeeded since), what needs it fails fast with
+        # UNAVAILABLE and validation goes on answering from memory.
+        self.store_reachable = True
+        self.ready = False  # caught up with the store as it was at start
         self.gate = exposure.gate(settings)
         self.inflight = rpc.InFlight()
         validator = Validator(
@@ -80,7 +86,7 @@ class EdgeKeysServer:
             self.server,
             ApiKeyService(self.keys, self.catalog, self.writer, self.last_use),
             api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"],
-            rpc.Access("admin", self.gate, self._store_available, self.inflight),
+            rpc.Access("admin", self.gate, self._store_refusal, self.inflight),
             self.metrics,
             log_calls=True,
         )
@@ -96,7 +102,7 @@ class EdgeKeysServer:
             self.server,
             AuditService(self.keys, self.audit, self.feed, self.stopping),
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
-            rpc.Access("auditor", self.gate, self._store_available, self.inflight),
+            rpc.Access("auditor", self.gate, self._store_refusal, self.inflight),
             self.metrics,
             log_calls=True,
         )
@@ -115,7 +121,7 @@ class EdgeKeysServer:
                 StoreStatus(self.index, self._store_head, self._last_sync),
                 # Caught up at start, and hearing the store: a replica cut off from it
                 # sends followers no heartbeats, so their max staleness holds.
-                live=lambda: self.last_sync is not None and self.store_available,
+                live=lambda: self.ready and self.store_reachable,
             ),
             replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"],
             rpc.Access("follower", self.gate, inflight=self.inflight),
@@ -134,10 +140,13 @@ class EdgeKeysServer:
         self._verifier: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one serving, once started
 
     async def start(self) -> int:
         """Serve, NOT_SERVING until the projections have caught up with the store as it
         was at start, then SERVING. Returns the bound port."""
+        self._loop = asyncio.get_running_loop()
         self.port = exposure.bind(self.server, self.settings)
         if self.settings.metrics_address:
             self.metrics_port = self.metrics.serve(self.settings.metrics_address)
@@ -145,6 +154,8 @@ class EdgeKeysServer:
         await self.server.start()
         self._follow_notifications()
         await self._catch_up(first=self.projector.load_index)
+        await self.writer.catch_up(self.projector.destroy_purged)
+        self.ready = True
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._poller = asyncio.create_task(self._poll())
         self._verifier = asyncio.create_task(self._verify())
@@ -187,8 +198,20 @@ class EdgeKeysServer:
         for service in services or ("", *SERVICES):
             await self.health.set(service, status)
 
-    def _store_available(self) -> bool:
-        return self.store_available
+    def _reachable(self) -> bool:
+        return self.store_reachable
+
+    def poll_now(self) -> None:
+        """Catch up with the store now, not at the next poll (on the event loop)."""
+        self._wake.set()
+
+    def _store_refusal(self) -> StoreUnavailable | None:
+        """Why calls that need the store are refused now, if they are."""
+        if not self.ready:
+            return StoreUnavailable(
+                NOT_READY, "this replica is still catching up with the store; retry shortly"
+            )
+        return None if self.store_reachable else StoreUnavailable()
 
     def _projected(self) -> None:
         self.feed.advance(self.projector.logged_position)
@@ -197,7 +220,7 @@ class EdgeKeysServer:
     def _store_head(self) -> int | None:
         """The store's last position; None while it is unreachable (last_sync tells
         since when), rather than wait for the driver's retries to give up."""
-        return self.keys.recorder.max_notification_id() if self.store_available else None
+        return self.keys.recorder.max_notification_id() if self.store_reachable else None
 
     def _lags(self) -> list[Lag]:
         """The projections' lag behind the store; none while it is unreachable."""
@@ -212,7 +235,9 @@ class EdgeKeysServer:
         return self.last_sync
 
     def _follow_notifications(self) -> None:
-        """On PostgreSQL, wake the poller at every commit, whichever replica made it."""
+        """On PostgreSQL, wake the poller at every commit, whichever replica made it.
+        Only a shortcut: without notifications the poller still polls, and whether the
+        store is reachable is the data connections' to tell, not the listener's."""
         if not is_postgres(self.settings.database_url):
             return
         loop = asyncio.get_running_loop()
@@ -220,17 +245,28 @@ class EdgeKeysServer:
             self.settings.database_url,
             self.keys.recorder.channel_name,  # type: ignore[attr-defined]
             on_notify=lambda: loop.call_soon_threadsafe(self._wake.set),
-            on_connection=lambda up: asyncio.run_coroutine_threadsafe(
-                self._store_reachable(up), loop
-            ),
         )
         self._listener.start()
 
-    async def _store_reachable(self, reachable: bool) -> None:
-        """The listener's connection came or went: so did the database, for all we know."""
-        if reachable == self.store_available:
+    def _unreachable(self, error: BaseException) -> None:
+        """A write could not reach the store (called on the writer's thread): refuse
+        the writes behind it at once, and say so on the event loop."""
+        if self.store_reachable:
+            self.store_reachable = False
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._announce_reachable)
+
+    def _announce_reachable(self) -> None:
+        task = asyncio.create_task(self._set_reachable(self.store_reachable, announce=True))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _set_reachable(self, reachable: bool, announce: bool = False) -> None:
+        """A write or a poll of the store failed to reach it, or a poll reached it again
+        (`announce`: the flag is set already, say so)."""
+        if reachable == self.store_reachable and not announce:
             return
-        self.store_available = reachable
+        self.store_reachable = reachable
         if reachable:
             log.info("the store is reachable again: writes are accepted")
         else:
@@ -239,6 +275,7 @@ class EdgeKeysServer:
                 "UNAVAILABLE; validation answers from memory as of position %d",
                 self.index.position,
             )
+            self.poll_now()  # and again, soon
         status = health_pb2.HealthCheckResponse
         await self._set_serving(status.SERVING if reachable else status.NOT_SERVING, STORE_SERVICES)
 
@@ -261,24 +298,33 @@ class EdgeKeysServer:
 
     async def _poll(self) -> None:
         """Catch up when the store notifies a commit or, as a safety net, every poll
-        interval: changes made by other processes on the same store."""
+        interval: changes made by other processes on the same store. Each poll is also
+        the probe of the store: one that fails to reach it marks it unreachable, the
+        next that succeeds reachable again (polled at least every PROBE_INTERVAL
+        meanwhile)."""
         failing = False
         loop = asyncio.get_running_loop()
         while True:
+            interval = self.settings.poll_interval
+            if not self.store_reachable:
+                interval = min(interval, PROBE_INTERVAL)
             # A timer, not wait_for: an idle poll raises no TimeoutError every interval.
-            timer = loop.call_later(self.settings.poll_interval, self._wake.set)
+            timer = loop.call_later(interval, self._wake.set)
             await self._wake.wait()
             timer.cancel()
             self._wake.clear()
-            if not self.store_available:
-                continue  # the listener wakes us when it reconnects
             try:
                 await self._catch_up()
+            except UNREACHABLE as error:
+                if self.store_reachable:
+                    log.warning("polling the store failed: %s", error)
+                await self._set_reachable(False)
             except Exception:
                 if not failing:
                     log.exception("catching up with the store failed; retrying")
                 failing = True
             else:
+                await self._set_reachable(True)
                 if failing:
                     log.info("caught up with the store again")
                 failing = False

@@ -2,7 +2,9 @@
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any, NamedTuple
 
 import grpc
 import pytest
+from eventsourcing import persistence
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
@@ -95,6 +98,24 @@ class RunningServer:
 
         asyncio.run_coroutine_threadsafe(call(), self._loop).result(30)
 
+    @contextmanager
+    def store_cut_off(self) -> Iterator[None]:
+        """As if the database could not be reached: every poll of the store fails, and
+        the server sees it so (`store_reachable` false) before the block runs."""
+        recorder = self.server.keys.recorder
+
+        def unreachable(*args: Any, **kwargs: Any) -> Any:
+            raise persistence.OperationalError("cut off (by the test)")
+
+        self.on_server_thread(lambda: setattr(recorder, "select_notifications", unreachable))
+        self.on_server_thread(self.server.poll_now)
+        try:
+            _until(lambda: not self.server.store_reachable)
+            yield
+        finally:
+            self.on_server_thread(lambda: vars(recorder).pop("select_notifications"))
+            _until(lambda: self.server.store_reachable)
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -129,6 +150,13 @@ class RunningServer:
             )
         )
         return response
+
+
+def _until(condition: Callable[[], bool], within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the server never got there"
+        time.sleep(0.01)
 
 
 class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]

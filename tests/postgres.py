@@ -34,11 +34,17 @@ def fresh_database() -> Iterator[str]:
 
 def terminate(database_url: str, application_name: str) -> int:
     """Kill the server side of the named connections to the database: how many."""
+    return terminate_where(database_url, "application_name = %s", (application_name,))
+
+
+def terminate_where(database_url: str, condition: str, params: tuple[str, ...] = ()) -> int:
+    """Kill the server side of the connections to the database that `condition` (SQL
+    on pg_stat_activity) selects: how many."""
     database = database_url.rsplit("/", 1)[1]
     with _admin() as admin:
         killed = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = %s",
-            (database, application_name),
+            f"WHERE datname = %s AND {condition}",
+            (database, *params),
         ).fetchone()
     return int(killed[0]) if killed else 0

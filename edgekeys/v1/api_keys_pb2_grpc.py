@@ -33,8 +33,11 @@ class ApiKeyServiceStub:
 
     Mutating requests take an optional `etag` (empty = unconditional; a stale
     one fails with ABORTED and writes nothing) and an optional `request_id`
-    (a UUID; a retry with the same id applies nothing new and returns the key
-    as it is).
+    (AIP-155): a UUID that names one request, whatever key it touches. Sent
+    again with the same request within 24 hours, it applies nothing new and
+    returns the key as it is now; sent with another method, other fields or
+    another key, it fails with INVALID_ARGUMENT (ErrorInfo reason
+    REQUEST_ID_REUSED) and writes nothing. Ids are remembered for 24 hours.
     """
 
     def __init__(self, channel):
@@ -103,8 +106,11 @@ class ApiKeyServiceServicer:
 
     Mutating requests take an optional `etag` (empty = unconditional; a stale
     one fails with ABORTED and writes nothing) and an optional `request_id`
-    (a UUID; a retry with the same id applies nothing new and returns the key
-    as it is).
+    (AIP-155): a UUID that names one request, whatever key it touches. Sent
+    again with the same request within 24 hours, it applies nothing new and
+    returns the key as it is now; sent with another method, other fields or
+    another key, it fails with INVALID_ARGUMENT (ErrorInfo reason
+    REQUEST_ID_REUSED) and writes nothing. Ids are remembered for 24 hours.
     """
 
     def CreateApiKey(self, request, context):
@@ -252,8 +258,11 @@ class ApiKeyService:
 
     Mutating requests take an optional `etag` (empty = unconditional; a stale
     one fails with ABORTED and writes nothing) and an optional `request_id`
-    (a UUID; a retry with the same id applies nothing new and returns the key
-    as it is).
+    (AIP-155): a UUID that names one request, whatever key it touches. Sent
+    again with the same request within 24 hours, it applies nothing new and
+    returns the key as it is now; sent with another method, other fields or
+    another key, it fails with INVALID_ARGUMENT (ErrorInfo reason
+    REQUEST_ID_REUSED) and writes nothing. Ids are remembered for 24 hours.
     """
 
     @staticmethod

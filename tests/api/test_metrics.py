@@ -127,11 +127,8 @@ def test_projection_lag_counts_events_the_server_has_not_seen_yet(
 
 def test_a_store_replica_cut_off_from_its_store_says_so(metered: RunningServer) -> None:
     metered.create()
-    metered.on_server_thread(lambda: setattr(metered.server, "store_available", False))
-    try:
+    with metered.store_cut_off():
         cut_off = scrape(metered)
-    finally:
-        metered.on_server_thread(lambda: setattr(metered.server, "store_available", True))
     assert value(cut_off, "edgekeys_source_reachable") == 0
     assert not [name for name, _ in cut_off if name.startswith("edgekeys_projection_lag")]
     assert value(scrape(metered), "edgekeys_source_reachable") == 1

@@ -199,8 +199,7 @@ def test_a_replica_cut_off_from_its_store_sends_followers_no_heartbeats(
     stub = replication_pb2_grpc.ReplicationServiceStub(running.channel)
     call = stub.StreamIndex(rpb.StreamIndexRequest(after_position=head), timeout=4)
     assert next(call).position == head  # a heartbeat
-    running.on_server_thread(lambda: setattr(running.server, "store_available", False))
-    try:
+    with running.store_cut_off():
         with pytest.raises(grpc.RpcError) as silent:
             for _ in range(3):
                 next(call)
@@ -208,8 +207,6 @@ def test_a_replica_cut_off_from_its_store_sends_followers_no_heartbeats(
         with pytest.raises(grpc.RpcError) as refused:
             next(stub.StreamIndex(rpb.StreamIndexRequest(after_position=head)))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        running.on_server_thread(lambda: setattr(running.server, "store_available", True))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
-from tests.conftest import RunningServer
+from tests.conftest import START, RunningServer
 
 pytestmark = pytest.mark.both_stores
 
@@ -61,7 +61,7 @@ def rename(running: RunningServer, name: str, etag: str, request_id: str) -> pb.
 
 def set_expiry(running: RunningServer, name: str, etag: str, request_id: str) -> pb.ApiKey:
     expiry = Timestamp()
-    expiry.FromDatetime(running.clock.now + timedelta(days=1))
+    expiry.FromDatetime(START + timedelta(days=30))  # the same in a retry
     request = pb.UpdateApiKeyRequest(
         api_key=pb.ApiKey(name=name, expire_time=expiry, etag=etag), request_id=request_id
     )

@@ -19,7 +19,7 @@ from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from service.listener import APPLICATION_NAME
 from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess
-from tests.postgres import fresh_database, terminate
+from tests.postgres import fresh_database, terminate, terminate_where
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 
@@ -206,3 +206,99 @@ def test_a_replica_cut_off_from_the_database_validates_from_memory_and_refuses_w
         assert b.verdict(kept.secret) == vpb.VERDICT_ALLOWED
     finally:
         proxy.close()
+
+
+class Killer:
+    """Terminates, every `interval` seconds until stopped, the backends of the database
+    that `match` selects (an SQL condition on pg_stat_activity); counts the kills."""
+
+    def __init__(self, database: str, match: str, interval: float = 0.2) -> None:
+        self.database, self.match, self.interval = database, match, interval
+        self.kills = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Killer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.kills += terminate_where(self.database, self.match)
+
+
+def write_through(replica: Node, seconds: float, writers: int = 32) -> tuple[list[str], list[str]]:
+    """`writers` clients creating keys through `replica` for `seconds`, each also
+    attaching a deployment to what it made: (the names acknowledged, the error codes)."""
+    made: list[str] = []
+    codes: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def write() -> None:
+        while time.monotonic() < deadline:
+            try:
+                name = replica.create(LLAMA).api_key.name
+                replica.keys.AttachDeployment(
+                    pb.AttachDeploymentRequest(name=name, deployment=MISTRAL), timeout=30
+                )
+                made.append(name)
+            except grpc.RpcError as error:
+                codes.append(error.code().name)
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return made, codes
+
+
+def test_a_replica_whose_listen_connection_keeps_dying_takes_every_write_and_still_follows(
+    replicas: Callable[..., Node], database: str
+) -> None:
+    a, b = replicas(), replicas(poll_interval="0.5")
+    assert b.process.process is not None
+    listener = f"application_name = '{APPLICATION_NAME} {b.process.process.pid}'"
+    with Killer(database, listener) as killer:
+        made, codes = write_through(b, seconds=8)
+        # Meanwhile, what another replica writes reaches B by polling.
+        created = a.create(LLAMA)
+        eventually(lambda: b.verdict(created.secret), vpb.VERDICT_ALLOWED, within=0.5 + 1.5)
+    assert killer.kills >= 5
+    assert codes == []
+    assert len(made) > 50
+    for name in made:  # nothing lost, on either replica
+        for replica in (a, b):
+            key = replica.keys.GetApiKey(pb.GetApiKeyRequest(name=name)).api_key
+            assert list(key.deployments) == [LLAMA, MISTRAL]
+
+
+def test_a_replica_whose_data_connections_die_refuses_writes_and_takes_them_again(
+    replicas: Callable[..., Node], database: str
+) -> None:
+    b = replicas(poll_interval="0.5")
+    assert b.process.process is not None
+    every_connection = "pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    with Killer(database, every_connection, interval=0.05) as killer:
+        made, codes = write_through(b, seconds=5)
+    assert killer.kills > 0
+    assert "UNAVAILABLE" in codes
+    assert set(codes) == {"UNAVAILABLE"}
+
+    def write() -> str:
+        try:
+            b.create(LLAMA)
+        except grpc.RpcError as error:
+            return str(error.code().name)
+        return "OK"
+
+    eventually(write, "OK", within=15)  # the pools reconnect by themselves
+    for name in made:  # what was acknowledged is stored
+        assert list(b.keys.GetApiKey(pb.GetApiKeyRequest(name=name)).api_key.deployments) == [
+            LLAMA,
+            MISTRAL,
+        ]

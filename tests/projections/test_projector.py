@@ -31,6 +31,7 @@ from projections.projector import Projector
 from service.application import KeyStore
 from service.database import sql_engine
 from service.domain import ApiKey, PersonalData
+from service.idempotency import Request
 from service.names import KeyName
 from service.personal_data import DataKeys, PersonalDataAsCiphertext
 from tests.api.test_secrets_at_rest import encodings
@@ -135,6 +136,10 @@ def linked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(audit_module, "link", recording)
     return positions
+
+
+def request(n: int) -> Request:
+    return Request(f"00000000-0000-4000-8000-{n:012d}", "UpdateApiKey", f"fingerprint {n}")
 
 
 def key_name(key_id: str) -> KeyName:
@@ -556,16 +561,16 @@ def test_snapshots_hold_personal_data_only_encrypted_and_replay_erased_after_a_p
 ) -> None:
     store = replica.store
     store.create_key(
-        "acme", "key-one", NAME_WORDS, DESCRIPTION_WORDS, [LLAMA], None, request_id="r-000"
+        "acme", "key-one", NAME_WORDS, DESCRIPTION_WORDS, [LLAMA], None, request=request(0)
     )
     for n in range(1, 105):
         store.update_key(
-            key_name("key-one"), description=f"{DESCRIPTION_WORDS} {n:03d}", request_id=f"r-{n:03d}"
+            key_name("key-one"), description=f"{DESCRIPTION_WORDS} {n:03d}", request=request(n)
         )
     [snapshot] = snapshot_states(store, "key-one")
     at_100 = store.get_key(key_name("key-one"), version=100)
     assert at_100.description == f"{DESCRIPTION_WORDS} 099"
-    assert list(at_100.request_ids) == [f"r-{n:03d}" for n in range(100)]
+    assert request(99).id.encode() not in snapshot  # request ids are kept apart, for a day
     assert not shows_any(snapshot, NAME_WORDS, f"{DESCRIPTION_WORDS} 099")
 
     purge(replica, "key-one")
@@ -619,7 +624,7 @@ def test_personal_data_cannot_be_read_once_tampered_with_or_moved_to_another_key
         assert transcoding.decode(transcoding.encode(PersonalData(owner, None))) == PersonalData(
             owner, None
         )
-        transcoding.data_keys.destroy(owner)
+        transcoding.data_keys.destroy_purged([owner])
         assert transcoding.decode(sealed) == PersonalData(owner, None)
     finally:
         engine.dispose()
