@@ -30,6 +30,7 @@ lint: $(INSTALLED)
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
 # Benchmarks (not tests): figures as ratios against a baseline measured in the same run.

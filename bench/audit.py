@@ -49,17 +49,17 @@ from bench.run import machine, percentile
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
-from projections.audit import AuditLog
+from projections.audit_log import AuditLog
 from projections.catalog import PROJECTION as CATALOG
 from projections.catalog import Catalog
 from projections.catalog import tracking as catalog_tracking
 from projections.index import ValidationIndex
 from projections.projector import Projector
-from service import keyformat
-from service.application import KeyStore
-from service.database import sql_engine
-from service.domain import ApiKey
-from service.names import KeyName
+from service.domain import keyformat
+from service.domain.api_key import ApiKey
+from service.domain.names import KeyName
+from service.storage.database import sql_engine
+from service.write.keystore import KeyStore
 from tests.e2e.conftest import BIN, ROOT, ServeProcess
 
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)  # event n of a database happens at EPOCH + n s
@@ -211,7 +211,7 @@ class Database:
         if not self.project_catalog:
             self.stand_in = UntrackedCatalog()
         used = cast(Catalog, self.stand_in) if self.stand_in else catalog
-        self.projector = Projector(self.store, ValidationIndex(), used, audit)
+        self.projector = self.store.projector(ValidationIndex(), used, audit)
 
     def close(self) -> None:
         if self.stand_in is not None:

@@ -43,10 +43,11 @@ from bench.run import grpc_frame, h2load, machine, percentile
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from service import keyformat
-from service.application import KeyStore, utc_now
-from service.domain import ApiKey
-from service.names import KeyName
+from service.domain import keyformat
+from service.domain.api_key import ApiKey
+from service.domain.clock import utc_now
+from service.domain.names import KeyName
+from service.write.keystore import KeyStore
 from tests.postgres import SERVER, fresh_database
 
 PROJECT = "acme"

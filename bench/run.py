@@ -33,7 +33,7 @@ from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from edgekeys.vendor.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
-from service import callers
+from service.security import callers
 from tests.e2e.conftest import ServeProcess
 
 LLAMA = "projects/acme/deployments/llama-3"

@@ -41,12 +41,13 @@ from bench.replicas import Row, postgres_reachable, report, write_rates, write_r
 from bench.run import VALIDATE, latencies, machine, percentile
 from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.v1 import validation_pb2_grpc
-from projections.audit import AuditLog
+from projections.audit_log import AuditLog
 from projections.catalog import Catalog
-from service import keyformat
-from service.application import KeyStore, utc_now
-from service.domain import ApiKey
-from service.names import KeyName
+from service.domain import keyformat
+from service.domain.api_key import ApiKey
+from service.domain.clock import utc_now
+from service.domain.names import KeyName
+from service.write.keystore import KeyStore
 from tests.postgres import fresh_database
 
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)  # key n is created at EPOCH + n seconds

@@ -6,7 +6,7 @@ commit left it: no event missed, none applied twice.
 
 Replicas sharing a PostgreSQL store share one catalog. Each of them feeds it every
 event, and that is safe: an update holds the projections' write lock (see
-`service.database`) and skips what the tracking position says is done, so each event
+`service.storage.database`) and skips what the tracking position says is done, so each event
 is applied exactly once whatever the number of replicas, with no leader to elect and
 nothing to fail over.
 """
@@ -16,15 +16,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from service.database import create_tables
-from service.domain import ApiKey
-from service.sealing import Sealer
+from service.domain.api_key import ApiKey
+from service.domain.names import key_project
 
 metadata = sa.MetaData()
 
@@ -106,7 +105,33 @@ class KeyRecord:
     version: int
     position: int
     previous_secret_until: datetime | None
-    last_use_time: datetime | None
+    last_use_time: datetime | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> "KeyRecord":
+        """The record of a key as the aggregate has it (not stored: no position)."""
+        return cls(
+            key.name,
+            key.display_name,
+            key.description,
+            list(key.deployments),
+            key.expire_time,
+            key.created_on,
+            key.modified_on,
+            key.delete_time,
+            key.purge_time,
+            key.secret_hint,
+            key.version,
+            0,
+            key.previous_secret_until,
+        )
+
+
+class Sealer(Protocol):
+    """Seals a text bound to a context (service.security.sealing.Sealer does)."""
+
+    def seal_text(self, text: str, context: bytes) -> str: ...
+    def open_text(self, sealed: str, context: bytes) -> str: ...
 
 
 class Words:
@@ -127,8 +152,10 @@ class Catalog:
     def __init__(self, engine: Engine, sealer: Sealer | None = None) -> None:
         self.engine = engine
         self.words = Words(sealer)
-        create_tables(engine, metadata)
+        # Under the write lock from the start (see service.storage.database): replicas
+        # starting together on a new database would otherwise race to create the tables.
         with engine.connect() as conn, conn.execution_options(writing=True).begin():
+            metadata.create_all(conn)
             if _position(conn) is None:  # new, or of another layout
                 key_deployments.drop(conn)
                 keys.drop(conn)
@@ -303,7 +330,7 @@ class _Creations:
                 "id": key_id,
                 "position": position,
                 "name": event.name,
-                "project": event.name.split("/")[1],
+                "project": key_project(event.name),
                 "display_name": self.words.stored(event.display_name.shown, key_id),
                 "description": self.words.stored(event.description.shown, key_id),
                 "deployments": json.dumps(event.deployments),

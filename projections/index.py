@@ -23,8 +23,8 @@ from edgekeys.v1.validation_pb2 import (
     VERDICT_NOT_FOUND,
     Verdict,
 )
-from service import keyformat
-from service.domain import ApiKey
+from service.domain import keyformat
+from service.domain.api_key import ApiKey
 
 
 @dataclass(frozen=True, slots=True)

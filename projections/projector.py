@@ -1,34 +1,60 @@
 """Feeds stored events, in store order, to everything derived from them: the validation
-index, the catalog, the audit log, and the data keys of purged personal data."""
+index, the catalog and the audit log; and tells of each purge (its data key is gone)."""
 
 import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 from sqlalchemy.exc import SQLAlchemyError
 
-from projections.audit import AuditLog
+from projections.audit_log import AuditLog
 from projections.catalog import Catalog
 from projections.index import Entry, ValidationIndex
-from service.application import KeyStore
-from service.domain import ApiKey
-from service.metrics import Lag, since
+from service.domain.api_key import ApiKey
 
 BATCH = 500
 RECALL = 20_000  # changes journaled when the index is loaded from the catalog
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Lag:
+    """How far one projection is behind the store (or an edge follower behind its
+    upstream): in events, and in seconds since it was last caught up (0 when it is)."""
+
+    projection: str
+    events: int
+    seconds: float
+
+
+def since(moment: float | None) -> float:
+    """Seconds since a time.monotonic() moment; 0 for never."""
+    return 0.0 if moment is None else max(0.0, time.monotonic() - moment)
+
+
 class Projector:
+    """Reads the store with `recorder` (its notification log) and `mapper` (stored rows
+    to events); `on_purged` hears of every purge it passes, once the catalog has blanked
+    the key's words."""
+
     def __init__(
-        self, app: KeyStore, index: ValidationIndex, catalog: Catalog, audit: AuditLog
+        self,
+        recorder: ApplicationRecorder,
+        mapper: Mapper[UUID],
+        index: ValidationIndex,
+        catalog: Catalog,
+        audit: AuditLog,
+        on_purged: Callable[[list[UUID]], None] = lambda owners: None,
     ) -> None:
-        self.app = app
+        self.recorder = recorder
+        self.mapper = mapper
+        self.on_purged = on_purged
         self.index = index
         self.catalog = catalog
         self.audit = audit
@@ -75,7 +101,7 @@ class Projector:
         """Journal the last RECALL changes before `position` in the index just loaded,
         so an edge follower that was that close resumes instead of starting over."""
         start = max(0, position - RECALL)
-        rows = self.app.recorder.select_notifications(
+        rows = self.recorder.select_notifications(
             start=start, limit=RECALL, stop=position, inclusive_of_start=False
         )
         touched = [(row.id, cast(UUID, row.originator_id)) for row in rows]
@@ -101,7 +127,7 @@ class Projector:
                     [self.index.position]
                     + [p for name, p in self._positions.items() if name not in behind]
                 )
-                notifications = self.app.recorder.select_notifications(
+                notifications = self.recorder.select_notifications(
                     start=start, limit=BATCH, inclusive_of_start=False
                 )
                 if not notifications:
@@ -134,22 +160,11 @@ class Projector:
                 self._forget_purged(events)
 
     def _forget_purged(self, events: Sequence[tuple[Notification, ApiKey.Event]]) -> None:
-        """A purge destroyed its data key with its event (see KeyStore.purge_key): every
-        replica drops its copy from memory, and, once the catalog has blanked its words
-        too, the WAL is emptied so that no older page of theirs stays in the files."""
+        """A purge destroyed its data key with its event (see KeyStore.purge_key); once
+        the catalog has blanked its words too, whoever keeps copies is told."""
         purged = [e.originator_id for _, e in events if isinstance(e, ApiKey.PersonalDataPurged)]
-        for owner in purged:
-            self.app.data_keys.forget(owner)
-        if purged and not self.app.data_keys.checkpoint():
-            log.warning("the WAL could not be emptied after a purge; retried at the next one")
-
-    def destroy_purged(self) -> None:
-        """At start, once caught up: destroy any data key a purge left behind (a store
-        purged by an older edgekeys that crashed in between) and empty the WAL."""
-        if destroyed := self.app.data_keys.destroy_purged(self.catalog.purged()):
-            log.warning("destroyed %d data keys that purges had left behind", destroyed)
-        if not self.app.data_keys.checkpoint():
-            log.warning("the WAL could not be emptied at start: another process reads the store")
+        if purged:
+            self.on_purged(purged)
 
     def lags(self, head: int) -> list[Lag]:
         """How far each projection is behind `head`, the store's last position."""
@@ -171,7 +186,7 @@ class Projector:
         events = []
         for row in notifications:
             try:
-                event = cast(ApiKey.Event, self.app.mapper.to_domain_event(row))
+                event = cast(ApiKey.Event, self.mapper.to_domain_event(row))
             except Exception:
                 log.error("stored event at position %d cannot be decoded (altered?)", row.id)
                 continue

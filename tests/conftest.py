@@ -16,8 +16,8 @@ from eventsourcing import persistence
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
-from service.config import Settings
-from service.server import EdgeKeysServer
+from service.runtime.config import Settings
+from service.runtime.server import Server
 from tests.postgres import fresh_database
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -43,7 +43,7 @@ def clock() -> FakeClock:
 
 @dataclass
 class RunningServer:
-    """An EdgeKeysServer on its own event loop thread, with sync client stubs."""
+    """An Server on its own event loop thread, with sync client stubs."""
 
     database: Path
     clock: FakeClock
@@ -51,7 +51,7 @@ class RunningServer:
     options: dict[str, Any] = field(default_factory=dict)  # more Settings
     token: str = ""  # sent on every call of `channel`
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-    _server: EdgeKeysServer | None = None
+    _server: Server | None = None
     _thread: threading.Thread | None = None
     channel: grpc.Channel | None = None
 
@@ -65,8 +65,8 @@ class RunningServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
-        async def start() -> EdgeKeysServer:
-            server = EdgeKeysServer(settings, clock=self.clock)
+        async def start() -> Server:
+            server = Server(settings, clock=self.clock)
             await server.start()
             return server
 
@@ -102,26 +102,26 @@ class RunningServer:
     def store_cut_off(self) -> Iterator[None]:
         """As if the database could not be reached: every poll of the store fails, and
         the server sees it so (`store_reachable` false) before the block runs."""
-        recorder = self.server.keys.recorder
+        recorder = self.server.store.keys.recorder
 
         def unreachable(*args: Any, **kwargs: Any) -> Any:
             raise persistence.OperationalError("cut off (by the test)")
 
         self.on_server_thread(lambda: setattr(recorder, "select_notifications", unreachable))
-        self.on_server_thread(self.server.poll_now)
+        self.on_server_thread(self.server.store.poll_now)
         try:
-            _until(lambda: not self.server.store_reachable)
+            _until(lambda: not self.server.store.reachable)
             yield
         finally:
             self.on_server_thread(lambda: vars(recorder).pop("select_notifications"))
-            _until(lambda: self.server.store_reachable)
+            _until(lambda: self.server.store.reachable)
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
     @property
-    def server(self) -> EdgeKeysServer:
+    def server(self) -> Server:
         assert self._server is not None
         return self._server
 

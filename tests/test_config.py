@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from service import config
+from service.runtime import config
 
 
 def settings(*flags: str) -> config.Settings:

@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from service import keyformat
+from service.domain import keyformat
 
 SCANNER = re.compile(r"edk_[0-9A-Za-z]{49}")  # what leak scanners are told; never change
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -25,7 +25,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from service import keyformat
+from service.domain import keyformat
 from tests.api.test_secrets_at_rest import encodings
 from tests.conftest import START, RunningServer
 

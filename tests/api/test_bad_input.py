@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
-from service import keyformat
+from service.domain import keyformat
 from tests.conftest import START, FakeClock, RunningServer
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -699,7 +699,7 @@ def assert_rejected(
 
 
 def events_stored(server: RunningServer) -> int:
-    return server.server.keys.recorder.max_notification_id() or 0
+    return server.server.store.keys.recorder.max_notification_id() or 0
 
 
 def keys_of(server: RunningServer, parent: str) -> list[str]:

@@ -20,9 +20,10 @@ from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc, replication_pb2_grpc,
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import replication_pb2 as rpb
 from edgekeys.v1 import validation_pb2 as vpb
-from service import callers, config, exposure
-from service.cli import main
-from service.config import Settings
+from service.runtime import config, exposure
+from service.runtime.commands import main
+from service.runtime.config import Settings
+from service.security import callers
 from tests.calls import Metadata, Target, bearer, outcomes
 from tests.conftest import FakeClock, RunningServer
 from tests.waiting import eventually

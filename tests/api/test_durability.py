@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.database import LOCK_TIMEOUT
+from service.storage.database import LOCK_TIMEOUT
 from tests.conftest import FakeClock, RunningServer
 from tests.postgres import fresh_database
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.both_stores
 
 def store_setting(running: RunningServer, query: str) -> object:
     """`query`'s answer on one of the event store's own pooled connections."""
-    datastore = running.server.keys.recorder.datastore  # type: ignore[attr-defined]
+    datastore = running.server.store.keys.recorder.datastore  # type: ignore[attr-defined]
     with datastore.transaction(commit=False) as cursor:
         cursor.execute(query)
         row = cursor.fetchone()
@@ -25,7 +25,7 @@ def store_setting(running: RunningServer, query: str) -> object:
 
 def engine_setting(running: RunningServer, query: str) -> object:
     """`query`'s answer on the engine the catalog, audit log and data keys use."""
-    with running.server.catalog.engine.connect() as conn:
+    with running.server.store.catalog.engine.connect() as conn:
         return conn.exec_driver_sql(query).scalar()
 
 
@@ -44,7 +44,7 @@ SETTINGS: dict[str, list[tuple[str, object]]] = {
 def test_every_connection_commits_durably_and_waits_for_locks(
     running: RunningServer, read: Callable[[RunningServer, str], object]
 ) -> None:
-    dialect = running.server.catalog.engine.dialect.name
+    dialect = running.server.store.catalog.engine.dialect.name
     for query, expected in SETTINGS[dialect]:
         assert read(running, query) == expected, query
 

@@ -14,7 +14,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from service.cli import main
+from service.runtime.commands import main
 from tests.conftest import RunningServer
 from tests.postgres import fresh_database
 from tests.stored import stored_bytes

@@ -12,7 +12,8 @@ import pytest
 
 from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
-from service import callers, keyformat
+from service.domain import keyformat
+from service.security import callers
 from tests.api.test_authz import check_request
 from tests.conftest import FakeClock, RunningServer
 
@@ -113,9 +114,11 @@ def test_the_observer_does_see_database_access_and_exceptions(running: RunningSe
     observer = Observer()
     running.on_server_thread(observer.start)
     try:
-        running.on_server_thread(lambda: running.server.catalog.list("acme", after=0, limit=1))
+        running.on_server_thread(
+            lambda: running.server.store.catalog.list("acme", after=0, limit=1)
+        )
         with pytest.raises(Exception, match="projects/x"):
-            running.on_server_thread(lambda: running.server.keys.get_key("projects/x"))
+            running.on_server_thread(lambda: running.server.store.keys.get_key("projects/x"))
     finally:
         running.on_server_thread(Observer.stop)
     assert observer.sqlite_calls

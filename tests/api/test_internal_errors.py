@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from edgekeys.v1 import api_keys_pb2 as pb
-from service.application import KeyStore
+from service.write.keystore import KeyStore
 from tests.conftest import RunningServer
 
 

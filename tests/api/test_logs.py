@@ -12,16 +12,22 @@ from google.protobuf.message import Message
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
-from service import logs
 from tests.conftest import RunningServer
 
 PROJECT = "projects/acme"
 LLAMA = f"{PROJECT}/deployments/llama"
 
 
+CALLS, CHANGES = logging.getLogger("edgekeys.calls"), logging.getLogger("edgekeys.changes")
+
+
 def lines(caplog: pytest.LogCaptureFixture, logger: logging.Logger) -> list[dict[str, object]]:
+    """The lines of `logger` with the fields they show (the empty ones are left out)."""
     return [
-        {"message": r.getMessage(), **getattr(r, "fields", {})}
+        {
+            "message": r.getMessage(),
+            **{k: v for k, v in getattr(r, "fields", {}).items() if v not in ("", None)},
+        }
         for r in caplog.records
         if r.name == logger.name
     ]
@@ -49,7 +55,7 @@ def test_each_management_call_and_each_change_is_one_line(
         vpb.ValidateApiKeyRequest(secret=rotated.secret, deployment=LLAMA)
     )
 
-    calls = lines(caplog, logs.calls)
+    calls = lines(caplog, CALLS)
     assert [(c["method"], c["outcome"]) for c in calls] == [
         ("CreateApiKey", "OK"),
         ("RotateApiKey", "OK"),
@@ -59,7 +65,7 @@ def test_each_management_call_and_each_change_is_one_line(
     assert calls[0]["request_id"] == request_id
     assert all(isinstance(c["duration_ms"], float) for c in calls)
 
-    changes = lines(caplog, logs.changes)
+    changes = lines(caplog, CHANGES)
     assert [(c["event"], c["key"], c["version"]) for c in changes] == [
         ("KeyCreated", name, 1),
         ("SecretRotated", name, 2),
@@ -90,7 +96,7 @@ def test_a_secret_sent_where_a_name_goes_is_not_logged(
     found = running.keys.LookupApiKey(pb.LookupApiKeyRequest(secret=secret))
     assert found.api_key.name
 
-    calls = lines(caplog, logs.calls)
+    calls = lines(caplog, CALLS)
     assert [c["method"] for c in calls] == [
         "GetApiKey",
         "ListApiKeys",

@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
-from service import keyformat
-from service.application import KeyStore
-from service.names import KeyName
+from service.domain import keyformat
+from service.domain.names import KeyName
+from service.write.keystore import KeyStore
 from tests.api.test_authz import check
 from tests.api.test_callers import write_callers
 from tests.conftest import FakeClock, RunningServer

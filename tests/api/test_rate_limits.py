@@ -11,8 +11,8 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2_grpc
 from edgekeys.vendor.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
-from service import callers
-from service.ratelimit import FailureLimiter
+from service.security import callers
+from service.security.ratelimit import FailureLimiter
 from tests.api.test_authz import check_request
 from tests.calls import bearer
 from tests.conftest import RunningServer

@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
 from edgekeys.v1 import validation_pb2_grpc
 from projections.projector import Projector
-from service.config import Settings
-from service.server import EdgeKeysServer
+from service.runtime.config import Settings
+from service.runtime.server import Server
 from tests.conftest import FakeClock, RunningServer
 from tests.e2e.conftest import free_port
 
@@ -42,8 +42,8 @@ def test_a_replica_is_not_serving_until_its_projections_have_caught_up(
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
-    async def build() -> EdgeKeysServer:  # on the loop that will serve it
-        return EdgeKeysServer(settings, clock=clock)
+    async def build() -> Server:  # on the loop that will serve it
+        return Server(settings, clock=clock)
 
     server = asyncio.run_coroutine_threadsafe(build(), loop).result(30)
     starting = asyncio.run_coroutine_threadsafe(server.start(), loop)

@@ -21,10 +21,11 @@ from edgekeys.v1 import api_keys_pb2_grpc, replication_pb2_grpc, validation_pb2_
 from edgekeys.v1 import replication_pb2 as rpb
 from edgekeys.v1 import validation_pb2 as vpb
 from projections import index
-from service import keyformat, replication
-from service.client import Credentials
-from service.config import Settings
-from service.replication import FollowerServer
+from service.cli.client import Credentials
+from service.domain import keyformat
+from service.replication import stream as index_stream
+from service.runtime.config import Settings
+from service.runtime.server import Server
 from tests.api.test_metrics import scraped, value
 from tests.conftest import START, FakeClock, RunningServer
 from tests.e2e.conftest import free_port
@@ -111,7 +112,7 @@ def test_a_stream_starts_with_a_snapshot_of_the_live_keys_digests_only(
 def test_a_snapshot_larger_than_a_message_spans_several_and_says_where_it_ends(
     running: RunningServer, streams: Callable[[int], Stream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replication, "BATCH", 2)
+    monkeypatch.setattr(index_stream, "BATCH", 2)
     names = {running.create().api_key.name for _ in range(5)}
 
     stream = streams(0)
@@ -259,7 +260,7 @@ def test_a_store_replica_reports_its_position_and_the_head(running: RunningServe
 
 
 class RunningFollower:
-    """A FollowerServer on its own event loop thread."""
+    """A Server on its own event loop thread."""
 
     def __init__(
         self,
@@ -279,13 +280,13 @@ class RunningFollower:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
-        async def start() -> FollowerServer:
+        async def start() -> Server:
             reach = credentials.channel(self.upstream) if credentials else None
-            server = FollowerServer(settings, upstream_credentials=reach)
+            server = Server(settings, upstream_credentials=reach)
             await server.start()
             return server
 
-        self.server: FollowerServer = self._run(start())
+        self.server: Server = self._run(start())
         self.port = self.server.port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
 

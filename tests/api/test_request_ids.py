@@ -20,8 +20,8 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from service import writer
-from service.application import KeyStore
+from service.write import writer
+from service.write.keystore import KeyStore
 from tests.api.test_retries import LLAMA, MISTRAL, PROJECT, all_keys, get, new_request_id
 from tests.conftest import FakeClock, RunningServer
 

@@ -5,7 +5,7 @@ import base64
 import sqlite3
 
 from edgekeys.v1 import api_keys_pb2 as pb
-from service import keyformat
+from service.domain import keyformat
 from tests.conftest import RunningServer
 
 

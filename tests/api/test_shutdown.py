@@ -12,8 +12,8 @@ from grpc_status import rpc_status
 
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
-from projections import audit
-from projections.audit import AuditLog
+from projections import audit_log as audit
+from projections.audit_log import AuditLog
 from tests.conftest import RunningServer
 
 LINK = b"x" * 32

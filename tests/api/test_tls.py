@@ -13,9 +13,9 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import validation_pb2 as vpb
-from service import callers
-from service.cli import main
-from service.client import Credentials
+from service.cli.client import Credentials
+from service.runtime.commands import main
+from service.security import callers
 from tests.api.test_replication import RunningFollower
 from tests.certs import Authority, Issued
 from tests.conftest import RunningServer

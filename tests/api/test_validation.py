@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
-from service import keyformat
+from service.domain import keyformat
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.both_stores

@@ -9,23 +9,21 @@ from typing import Any
 import pytest
 from eventsourcing.utils import get_topic, resolve_topic
 
-from service import keyformat
-from service.application import KeyStore
-from service.domain import (
-    MAX_DEPLOYMENTS,
+from service.domain import keyformat
+from service.domain.api_key import MAX_DEPLOYMENTS, ApiKey, PersonalData
+from service.domain.errors import (
     AlreadyPurged,
-    ApiKey,
     DeploymentAlreadyAttached,
     DeploymentNotAttached,
     DeploymentOfOtherProject,
     DomainError,
     ExpiryNotInFuture,
-    KeyDeleted,
+    KeyIsDeleted,
     KeyNotDeleted,
-    PersonalData,
     TooManyDeployments,
 )
-from service.names import KeyName
+from service.domain.names import KeyName
+from service.write.keystore import KeyStore
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -377,7 +375,7 @@ def deleted_key() -> ApiKey:
 def test_a_deleted_key_refuses_every_change(command: Command) -> None:
     key = deleted_key()
 
-    with pytest.raises(KeyDeleted):
+    with pytest.raises(KeyIsDeleted):
         command(key)
 
     assert pending(key) == []
@@ -446,7 +444,7 @@ def test_attaching_beyond_the_maximum_of_deployments_is_refused() -> None:
 
 def test_every_refusal_is_a_domain_error() -> None:
     for error in (
-        KeyDeleted,
+        KeyIsDeleted,
         DeploymentAlreadyAttached,
         DeploymentNotAttached,
         DeploymentOfOtherProject,
@@ -527,7 +525,7 @@ def test_a_purged_key_is_still_deleted_and_refuses_every_change() -> None:
         lambda k: k.delete(**context("r-late")),
     ]
     for command in commands:
-        with pytest.raises(KeyDeleted):
+        with pytest.raises(KeyIsDeleted):
             command(key)
     assert pending(key) == []
     assert key.display_name == ""

@@ -9,10 +9,10 @@ import sys
 from typing import Any
 
 from projections import catalog
-from projections.audit import AuditLog
+from projections.audit_log import AuditLog
 from projections.projector import Projector
-from service.config import Settings
-from service.server import EdgeKeysServer
+from service.runtime.config import Settings
+from service.runtime.server import Server
 from tests.e2e.conftest import LLAMA
 
 
@@ -35,11 +35,15 @@ POINTS: dict[str, tuple[type, str, Any]] = {
 
 
 async def main(database_url: str, point: str) -> None:
-    server = EdgeKeysServer(Settings(address="127.0.0.1:0", database_url=database_url))
-    await server.writer.run(server.keys.create_key, "acme", "before-crash", "a", "", [LLAMA], None)
+    server = Server(Settings(address="127.0.0.1:0", database_url=database_url))
+    await server.store.writer.run(
+        server.store.keys.create_key, "acme", "before-crash", "a", "", [LLAMA], None
+    )
     cls, method, replacement = POINTS[point]
     setattr(cls, method, replacement)
-    await server.writer.run(server.keys.create_key, "acme", "the-crash", "b", "", [LLAMA], None)
+    await server.store.writer.run(
+        server.store.keys.create_key, "acme", "the-crash", "b", "", [LLAMA], None
+    )
     raise AssertionError("not killed")
 
 

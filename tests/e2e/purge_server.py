@@ -11,13 +11,13 @@ from typing import Any
 from uuid import UUID
 
 from projections import catalog
-from projections.audit import AuditLog
+from projections.audit_log import AuditLog
 from projections.projector import Projector
-from service import recorders
-from service.application import KeyStore
-from service.config import Settings
-from service.domain import ApiKey
-from service.server import EdgeKeysServer
+from service.domain.api_key import ApiKey
+from service.runtime.config import Settings
+from service.runtime.server import Server
+from service.storage import recorders
+from service.write.keystore import KeyStore
 
 VICTIM = ApiKey.id_for(sys.argv[4]) if len(sys.argv) > 4 else UUID(int=0)
 
@@ -92,7 +92,7 @@ async def main(database_url: str, port: str, point: str) -> None:
         database_url=database_url,
         encryption_key=os.environ.get("EDGEKEYS_ENCRYPTION_KEY", ""),
     )
-    server = EdgeKeysServer(settings)
+    server = Server(settings)
     await server.start()
     await server.wait()
 

@@ -10,7 +10,7 @@ import grpc
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc
-from service import callers
+from service.security import callers
 from tests.calls import bearer
 from tests.e2e.conftest import BIN, ROOT, ServeProcess
 from tests.waiting import eventually

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from service import client_keys
-from service.cli import main
+from service.cli import keys as client_keys
+from service.runtime.commands import main
 from tests.e2e.conftest import BIN, ROOT, ServeProcess
 
 LLAMA = "projects/acme/deployments/llama-3"
@@ -387,7 +387,7 @@ def test_client_commands_do_not_load_the_server() -> None:
     """`keys` and `audit` start quickly: no SQLAlchemy, event store or projections."""
     probe = (
         "import contextlib, sys\n"
-        "from service.cli import main\n"
+        "from service.runtime.commands import main\n"
         "with contextlib.suppress(SystemExit):\n"
         "    main(['keys', 'list', '--help'])\n"
         "print(sorted({m.split('.')[0] for m in sys.modules}))\n"
@@ -399,5 +399,10 @@ def test_client_commands_do_not_load_the_server() -> None:
     packages, ours = result.stdout.splitlines()[-2:]
     assert "sqlalchemy" not in packages and "psycopg" not in packages
     assert "prometheus_client" not in packages
-    for server_side in ("service.server", "service.application", "projections"):
+    for server_side in (
+        "service.runtime.server",
+        "service.write",
+        "service.storage",
+        "projections",
+    ):
         assert server_side not in ours

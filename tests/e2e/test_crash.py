@@ -28,13 +28,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import replication_pb2 as rpb
-from projections import audit, catalog
-from projections.audit import AuditLog
+from projections import audit_log as audit
+from projections import catalog
+from projections.audit_log import AuditLog
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
-from projections.projector import Projector
-from service.application import KeyStore, utc_now
-from service.database import sql_engine
+from service.domain.clock import utc_now
+from service.storage.database import sql_engine
+from service.write.keystore import KeyStore
 from tests.e2e.conftest import PROJECT, ROOT, Node, ServeProcess
 from tests.e2e.kill_after_commit import POINTS
 from tests.postgres import fresh_database
@@ -179,8 +180,8 @@ class Replay:
         self.keys = KeyStore(store, utc_now)
         engine = sql_engine(scratch)
         self.index = ValidationIndex()
-        self.projector = Projector(
-            self.keys, self.index, Catalog(engine), AuditLog(engine, self.keys.events_table)
+        self.projector = self.keys.projector(
+            self.index, Catalog(engine), AuditLog(engine, self.keys.events_table)
         )
         self.engine = engine
 

@@ -17,7 +17,7 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
 from edgekeys.v1 import validation_pb2 as vpb
-from service.listener import APPLICATION_NAME
+from service.replication.listener import APPLICATION_NAME
 from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess
 from tests.postgres import fresh_database, terminate, terminate_where
 from tests.tcp_proxy import TcpProxy

@@ -16,7 +16,8 @@ from google.protobuf.message import Message
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import audit_pb2 as apb
 from edgekeys.v1 import audit_pb2_grpc
-from service import callers, keyformat
+from service.domain import keyformat
+from service.security import callers
 from tests.calls import Metadata, Target, bearer, outcomes
 from tests.e2e.conftest import LLAMA, PROJECT, Node, ServeProcess, free_port
 from tests.postgres import fresh_database

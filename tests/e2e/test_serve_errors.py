@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.application import KeyStore, utc_now
+from service.domain.clock import utc_now
+from service.write.keystore import KeyStore
 from tests.e2e.conftest import BIN, ROOT, free_port
 
 

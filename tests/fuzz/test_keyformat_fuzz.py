@@ -4,7 +4,7 @@ reference written from the format's definition (prefix, length, base62, CRC32)."
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import keyformat
+from service.domain import keyformat
 from tests.fuzz.conftest import scaled
 from tests.test_keyformat import BASE62, checksum, with_checksum
 

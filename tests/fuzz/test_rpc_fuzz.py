@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgekeys.v1 import api_keys_pb2 as pb
-from service.errors import DOMAIN
+from service.api.errors import DOMAIN
 from tests.calls import Target, registered_methods
 from tests.conftest import FakeClock, RunningServer
 from tests.fuzz.conftest import scaled

@@ -20,11 +20,11 @@ from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import validation_pb2 as vpb
 from projections.catalog import Catalog, KeyRecord
 from projections.index import Entry, ValidationIndex
-from service import keyformat
-from service.api import api_key_message
-from service.application import KeyStore
-from service.database import sql_engine
-from service.domain import MAX_DEPLOYMENTS, ApiKey
+from service.api.messages import api_key_message
+from service.domain import keyformat
+from service.domain.api_key import MAX_DEPLOYMENTS, ApiKey
+from service.storage.database import sql_engine
+from service.write.keystore import KeyStore
 from tests.conftest import START, FakeClock, RunningServer
 
 OK, INVALID, NOT_FOUND = Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND
@@ -51,7 +51,7 @@ def deployment(project: str, name: str) -> str:
 
 @dataclass
 class Key:
-    """The model of one key; offers what `api_key_message` reads (service.api.KeyView)."""
+    """The model of one key; `record` is what `api_key_message` reads."""
 
     name: str
     secret: str
@@ -73,6 +73,24 @@ class Key:
     @property
     def secret_hint(self) -> str:
         return keyformat.hint(self.secret)
+
+    @property
+    def record(self) -> KeyRecord:
+        return KeyRecord(
+            self.name,
+            self.display_name,
+            self.description,
+            self.deployments,
+            self.expire_time,
+            self.created_on,
+            self.modified_on,
+            self.delete_time,
+            self.purge_time,
+            self.secret_hint,
+            self.version,
+            0,
+            self.previous_secret_until,
+        )
 
     def verdict(self, deployment: str, now: datetime) -> "vpb.Verdict":
         if self.delete_time is not None:
@@ -382,7 +400,7 @@ class KeyLifecycle(RuleBasedStateMachine):
         return (
             key.verdict(request.deployment, self.clock.now),
             key.name,
-            api_key_message(key).expire_time,
+            api_key_message(key.record).expire_time,
         )
 
     @invariant()
@@ -397,7 +415,7 @@ class KeyLifecycle(RuleBasedStateMachine):
                 for key in listed.api_keys:
                     key.ClearField("last_use_time")  # not modelled: see test_rotation
                 assert list(listed.api_keys) == [
-                    api_key_message(k)
+                    api_key_message(k.record)
                     for k in self.model.keys.values()
                     if k.project == project and (show_deleted or k.delete_time is None)
                 ]
@@ -409,7 +427,9 @@ class KeyLifecycle(RuleBasedStateMachine):
             self.replayed = self.replay()
         live = self.running.server
         assert (live.index.position, set(live.index.snapshot()[1])) == self.replayed[:2]
-        listed = [live.catalog.list(p, after=0, limit=1000, show_deleted=True) for p in PROJECTS]
+        listed = [
+            live.store.catalog.list(p, after=0, limit=1000, show_deleted=True) for p in PROJECTS
+        ]
         # last_use_time is not from the events: the validations above set it
         unused = [[replace(r, last_use_time=None) for r in page] for page in listed]
         assert unused == self.replayed[2]

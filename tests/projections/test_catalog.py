@@ -11,9 +11,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from projections import catalog as catalog_module
 from projections.catalog import Catalog, KeyRecord, Words
-from service import keyformat
-from service.domain import ApiKey
-from service.names import KeyName
+from service.domain import keyformat
+from service.domain.api_key import ApiKey
+from service.domain.names import KeyName
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 LLAMA = "projects/acme/deployments/llama"

@@ -13,9 +13,9 @@ from edgekeys.v1.validation_pb2 import (
     VERDICT_NOT_FOUND,
 )
 from projections.index import ValidationIndex
-from service import keyformat
-from service.domain import ApiKey
-from service.names import KeyName
+from service.domain import keyformat
+from service.domain.api_key import ApiKey
+from service.domain.names import KeyName
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 LLAMA = "projects/acme/deployments/llama"

@@ -21,19 +21,19 @@ from edgekeys.v1.validation_pb2 import (
     VERDICT_EXPIRED,
     VERDICT_NOT_FOUND,
 )
-from projections import audit as audit_module
+from projections import audit_log as audit_module
 from projections import catalog as catalog_module
 from projections import projector as projector_module
-from projections.audit import AuditLog
+from projections.audit_log import AuditLog
 from projections.catalog import Catalog, Words
 from projections.index import ValidationIndex
 from projections.projector import Projector
-from service.application import KeyStore
-from service.database import sql_engine
-from service.domain import ApiKey, PersonalData
-from service.idempotency import Request
-from service.names import KeyName
-from service.personal_data import DataKeys, PersonalDataAsCiphertext
+from service.domain.api_key import ApiKey, PersonalData
+from service.domain.names import KeyName
+from service.security.personal_data import DataKeys, PersonalDataAsCiphertext
+from service.storage.database import sql_engine
+from service.write.idempotency import Request
+from service.write.keystore import KeyStore
 from tests.api.test_secrets_at_rest import encodings
 from tests.conftest import FakeClock
 
@@ -78,7 +78,7 @@ class Files:
         index = ValidationIndex()
         catalog = Catalog(engine)
         audit = AuditLog(engine, store.events_table)
-        projector = Projector(store, index, catalog, audit)
+        projector = store.projector(index, catalog, audit)
         replica = Replica(store, engine, index, catalog, audit, projector)
         self.opened.append(replica)
         return replica
@@ -331,13 +331,13 @@ def test_a_catalog_rebuilt_from_scratch_does_not_feed_the_index_again(
     first_engine = sa.create_engine(f"sqlite:///{tmp_path / 'first.db'}")
     store.create_key("acme", "key-one", "one", "", [LLAMA], None)
     store.attach_deployment(key_name("key-one"), MISTRAL)
-    Projector(store, index, Catalog(first_engine), audit).catch_up()
+    store.projector(index, Catalog(first_engine), audit).catch_up()
     assert index.applied == linked == [1, 2]
     rebuilt_engine = sa.create_engine(f"sqlite:///{tmp_path / 'rebuilt.db'}")
     rebuilt = Catalog(rebuilt_engine)
 
     try:
-        assert Projector(store, index, rebuilt, audit).catch_up() == 2
+        assert store.projector(index, rebuilt, audit).catch_up() == 2
 
         assert index.applied == linked == [1, 2]
         [record] = rebuilt.list("acme", after=0, limit=10)

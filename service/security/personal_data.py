@@ -1,0 +1,148 @@
+"""Crypto-shredding of personal data (a key's display name and description).
+
+Each API key gets a data key of its own (AES-256-GCM), kept in `personal_data_keys`
+beside the event store. Events hold only ciphertext; purging a key destroys its data
+key, so its events still replay and still verify (their bytes never change) but the
+words are gone for good. With EDGEKEYS_ENCRYPTION_KEY the data keys are stored sealed
+under it (service.security.sealing), so a copy of the database alone does not open them.
+"""
+
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from eventsourcing.persistence import Transcoding
+
+from service.domain.api_key import PersonalData
+from service.security.sealing import Aead, Sealer, new_key
+from service.storage.database import create_tables
+from service.storage.recorders import Side
+
+_metadata = sa.MetaData()
+_keys = sa.Table(
+    "personal_data_keys",
+    _metadata,
+    sa.Column("owner", sa.String(32), primary_key=True),  # the API key's aggregate ID, hex
+    sa.Column("data_key", sa.LargeBinary, nullable=False),  # sealed with an encryption key
+)
+
+
+class DataKeys:
+    """Per-API-key data keys: created on first use, destroyed with the key's purge."""
+
+    def __init__(self, engine: sa.Engine, sealer: Sealer | None = None) -> None:
+        self.engine = engine
+        self.sealer = sealer  # with EDGEKEYS_ENCRYPTION_KEY: data keys are stored sealed
+        create_tables(engine, _metadata)
+        self._cache: dict[UUID, bytes | None] = {}
+        self._lock = threading.Lock()
+
+    def find(self, owner: UUID) -> bytes | None:
+        with self._lock:
+            if owner in self._cache:
+                return self._cache[owner]
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
+            ).scalar()
+        found = None if stored is None else self._opened(stored, owner)
+        with self._lock:
+            self._cache[owner] = found
+        return found
+
+    def find_or_create(self, owner: UUID) -> bytes:
+        """Committed before the event that uses it, so no stored event is unreadable."""
+        if (found := self.find(owner)) is not None:
+            return found
+        data_key = new_key()
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
+            existing = conn.execute(
+                sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
+            ).scalar()
+            if existing is None:
+                conn.execute(_keys.insert(), self._row(owner, data_key))
+        data_key = data_key if existing is None else self._opened(existing, owner)
+        with self._lock:
+            self._cache[owner] = data_key
+        return data_key
+
+    def all(self) -> Iterator[tuple[UUID, bytes]]:
+        """Every data key (to copy a store)."""
+        with self.engine.connect() as conn:
+            for owner, stored in conn.execute(sa.select(_keys.c.owner, _keys.c.data_key)):
+                yield UUID(owner), self._opened(stored, UUID(owner))
+
+    def put(self, owner: UUID, data_key: bytes) -> None:
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
+            conn.execute(_keys.insert(), self._row(owner, data_key))
+
+    def _row(self, owner: UUID, data_key: bytes) -> dict[str, object]:
+        stored = self.sealer.seal(data_key, owner.bytes) if self.sealer else data_key
+        return {"owner": owner.hex, "data_key": stored}
+
+    def _opened(self, stored: bytes, owner: UUID) -> bytes:
+        return self.sealer.open(stored, owner.bytes) if self.sealer else stored
+
+    def destroyed(self, owner: UUID) -> list[Side]:
+        """The statements that destroy `owner`'s data key inside the transaction that
+        records its purge (`service.storage.recorders`): the purge stored means the key gone.
+        On SQLite the row is overwritten with zeros (secure_delete)."""
+        secure = [Side("PRAGMA secure_delete = ON")] if self.engine.dialect.name == "sqlite" else []
+        return [*secure, Side("DELETE FROM personal_data_keys WHERE owner = ?", (owner.hex,))]
+
+    def forget(self, owner: UUID) -> None:
+        """Drop a destroyed data key from memory (every replica does, at the purge)."""
+        with self._lock:
+            self._cache[owner] = None
+
+    def destroy_purged(self, purged: Iterable[UUID]) -> int:
+        """Destroy whatever data keys of purged keys remain (a store purged before purges
+        were one transaction, and crashed in between). Idempotent. Returns how many."""
+        purged = list(purged)
+        owners = [owner.hex for owner in purged]
+        destroyed = 0
+        with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
+            for start in range(0, len(owners), 500):
+                chunk = owners[start : start + 500]
+                destroyed += conn.execute(_keys.delete().where(_keys.c.owner.in_(chunk))).rowcount
+        for owner in purged:
+            self.forget(owner)
+        return destroyed
+
+    def checkpoint(self) -> bool:
+        """On SQLite, copy the WAL into the database and empty it, so no page written
+        before a purge (the words, a data key) stays in the files. False when a reader
+        in another process held it back (the next purge, or the next start, finishes it)."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        with self.engine.connect() as conn:
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+        return not busy
+
+
+class PersonalDataAsCiphertext(Transcoding):
+    """Stores PersonalData encrypted under its owner's data key."""
+
+    type = PersonalData
+    name = "personal_data"
+
+    def __init__(self, data_keys: DataKeys) -> None:
+        self.data_keys = data_keys
+
+    def encode(self, obj: PersonalData) -> dict[str, str | None]:
+        if obj.text is None:  # erased (in a snapshot taken after a purge)
+            return {"owner": obj.owner.hex, "sealed": None}
+        aead = Aead(self.data_keys.find_or_create(obj.owner))
+        return {"owner": obj.owner.hex, "sealed": aead.seal_text(obj.text, obj.owner.bytes)}
+
+    def decode(self, data: dict[str, Any]) -> PersonalData:
+        owner = UUID(data["owner"])
+        data_key = self.data_keys.find(owner) if data["sealed"] is not None else None
+        if data_key is None:
+            return PersonalData(owner, None)
+        try:
+            return PersonalData(owner, Aead(data_key).open_text(data["sealed"], owner.bytes))
+        except ValueError:
+            raise ValueError(f"personal data of {owner} fails authentication") from None
