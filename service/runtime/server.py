@@ -18,24 +18,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgekeys.v1 import (
-    api_keys_pb2,
-    api_keys_pb2_grpc,
-    audit_pb2,
-    audit_pb2_grpc,
-    replication_pb2,
-    replication_pb2_grpc,
-    validation_pb2,
-    validation_pb2_grpc,
-)
-from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from edgekeys.v1 import api_keys_pb2, audit_pb2, replication_pb2, validation_pb2
+from edgekeys.vendor.envoy.service.auth.v3 import external_auth_pb2
 from projections.audit_log import AuditLog, Interrupted
 from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Lag, since
 from service.api.audit import AuditService
 from service.api.ext_authz import AuthorizationService
-from service.api.interceptors import Access, Calls, InFlight, Interceptor
+from service.api.interceptors import Access, Calls, InFlight
 from service.api.keys import ApiKeyService
 from service.api.replication import ReplicaStatus, ReplicationService, StoreStatus
 from service.api.validation import ValidationService
@@ -71,13 +62,6 @@ AUTHORIZATION = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
 REPLICATION = replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"]
 STORE_SERVICES = (KEYS.full_name, AUDIT.full_name)
 ORDER = [s.full_name for s in (KEYS, VALIDATION, AUDIT, AUTHORIZATION, REPLICATION)]
-_ADD: dict[str, Callable[[object, grpc.aio.Server], None]] = {  # generated registrations
-    KEYS.full_name: api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server,
-    AUDIT.full_name: audit_pb2_grpc.add_AuditServiceServicer_to_server,
-    VALIDATION.full_name: validation_pb2_grpc.add_ValidationServiceServicer_to_server,
-    AUTHORIZATION.full_name: external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
-    REPLICATION.full_name: replication_pb2_grpc.add_ReplicationServiceServicer_to_server,
-}
 
 
 class Server:
@@ -96,13 +80,10 @@ class Server:
         self.gate = exposure.gate(settings)
         self.inflight = InFlight()
         self.services: list[str] = []  # served, by full name, for health and reflection
-        self.calls = Calls(self.metrics, self.inflight)
         # Several workers share one port on purpose; a lone server must not share it
         # with a forgotten process by accident.
-        self.server = grpc.aio.server(
-            interceptors=[Interceptor(self.calls)],
-            options=[("grpc.so_reuseport", int(settings.workers > 1))],
-        )
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
+        self.calls = Calls(self.server, self.metrics, self.inflight)
         self.source: StoreSource | UpstreamSource = (
             UpstreamSource(self, upstream_credentials)
             if settings.follow
@@ -142,10 +123,9 @@ class Server:
     def serve(
         self, servicer: object, service: ServiceDescriptor, access: Access, **options: bool
     ) -> None:
-        """Serve `service` with `servicer`, each call first passing `access`: registered
-        with grpc as generated code does, wrapped by the interceptor (see Calls.add)."""
+        """Serve `service` with `servicer`, each call first passing `access` (see
+        service.api.interceptors)."""
         self.calls.add(servicer, service, access, **options)
-        _ADD[service.full_name](servicer, self.server)
         self.services.append(service.full_name)
 
     async def start(self) -> int:
