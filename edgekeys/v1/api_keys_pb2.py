@@ -22,62 +22,184 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64gekeys/v1/api_keys.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x04\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.edgekeys.v1.ApiKey.State\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hint\x18\n \x01(\t\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x12.\n\npurge_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x1bprevious_secret_expire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"s\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12$\n\x07\x61pi_key\x18\x03 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"L\n\x14\x43reateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\" \n\x10GetApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x11GetApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\xba\x01\n\x12ListApiKeysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x05 \x01(\x08\x12\x31\n\rexpire_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_by\x18\x07 \x01(\t\"U\n\x13ListApiKeysResponse\x12%\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x80\x01\n\x13UpdateApiKeyRequest\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x14UpdateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"]\n\x17\x41ttachDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x18\x41ttachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"]\n\x17\x44\x65tachDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x18\x44\x65tachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"E\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x14\x44\x65leteApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"D\n\x12PurgeApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x13PurgeApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"v\n\x13RotateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"L\n\x14RotateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"%\n\x13LookupApiKeyRequest\x12\x0e\n\x06secret\x18\x01 \x01(\t\"<\n\x14LookupApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey2\xea\x06\n\rApiKeyService\x12S\n\x0c\x43reateApiKey\x12 .edgekeys.v1.CreateApiKeyRequest\x1a!.edgekeys.v1.CreateApiKeyResponse\x12J\n\tGetApiKey\x12\x1d.edgekeys.v1.GetApiKeyRequest\x1a\x1e.edgekeys.v1.GetApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.edgekeys.v1.ListApiKeysRequest\x1a .edgekeys.v1.ListApiKeysResponse\x12S\n\x0cUpdateApiKey\x12 .edgekeys.v1.UpdateApiKeyRequest\x1a!.edgekeys.v1.UpdateApiKeyResponse\x12_\n\x10\x41ttachDeployment\x12$.edgekeys.v1.AttachDeploymentRequest\x1a%.edgekeys.v1.AttachDeploymentResponse\x12_\n\x10\x44\x65tachDeployment\x12$.edgekeys.v1.DetachDeploymentRequest\x1a%.edgekeys.v1.DetachDeploymentResponse\x12S\n\x0c\x44\x65leteApiKey\x12 .edgekeys.v1.DeleteApiKeyRequest\x1a!.edgekeys.v1.DeleteApiKeyResponse\x12P\n\x0bPurgeApiKey\x12\x1f.edgekeys.v1.PurgeApiKeyRequest\x1a .edgekeys.v1.PurgeApiKeyResponse\x12S\n\x0cRotateApiKey\x12 .edgekeys.v1.RotateApiKeyRequest\x1a!.edgekeys.v1.RotateApiKeyResponse\x12S\n\x0cLookupApiKey\x12 .edgekeys.v1.LookupApiKeyRequest\x1a!.edgekeys.v1.LookupApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64gekeys/v1/api_keys.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x06\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x0b\x64\x65ployments\x18\x04 \x03(\tB\x1f\xe2\x41\x01\x01\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\x12\x35\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12.\n\x05state\x18\x06 \x01(\x0e\x32\x19.edgekeys.v1.ApiKey.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x19\n\x0bsecret_hint\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\npurge_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x45\n\x1bprevious_secret_expire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02:N\xea\x41K\n\x12\x65\x64gekeys.io/ApiKey\x12$projects/{project}/apiKeys/{api_key}*\x07\x61piKeys2\x06\x61piKey\"\xa2\x01\n\x13\x43reateApiKeyRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65\x64gekeys.io/ApiKey\x12\x18\n\napi_key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12*\n\x07\x61pi_key\x18\x03 \x01(\x0b\x32\x13.edgekeys.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"L\n\x14\x43reateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"=\n\x10GetApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\"9\n\x11GetApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\x96\x02\n\x12ListApiKeysRequest\x12+\n\x06parent\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\x12\x12\x65\x64gekeys.io/ApiKey\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\ndeployment\x18\x04 \x01(\tB\x1f\xe2\x41\x01\x01\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\x12\x1a\n\x0cshow_deleted\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x37\n\rexpire_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x13ListApiKeysResponse\x12%\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x01\n\x13UpdateApiKeyRequest\x12*\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"<\n\x14UpdateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\xa7\x01\n\x17\x41ttachDeploymentRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x33\n\ndeployment\x18\x02 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"@\n\x18\x41ttachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\xa7\x01\n\x17\x44\x65tachDeploymentRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x33\n\ndeployment\x18\x02 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"@\n\x18\x44\x65tachDeploymentResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"n\n\x13\x44\x65leteApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"<\n\x14\x44\x65leteApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"m\n\x12PurgeApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x12\n\x04\x65tag\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\";\n\x13PurgeApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\xa5\x01\n\x13RotateApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x35\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x65tag\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"L\n\x14RotateApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"+\n\x13LookupApiKeyRequest\x12\x14\n\x06secret\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x14LookupApiKeyResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey2\xd5\n\n\rApiKeyService\x12\x85\x01\n\x0c\x43reateApiKey\x12 .edgekeys.v1.CreateApiKeyRequest\x1a!.edgekeys.v1.CreateApiKeyResponse\"0\x82\xd3\xe4\x93\x02*\"\x1f/v1/{parent=projects/*}/apiKeys:\x07\x61pi_key\x12s\n\tGetApiKey\x12\x1d.edgekeys.v1.GetApiKeyRequest\x1a\x1e.edgekeys.v1.GetApiKeyResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=projects/*/apiKeys/*}\x12y\n\x0bListApiKeys\x12\x1f.edgekeys.v1.ListApiKeysRequest\x1a .edgekeys.v1.ListApiKeysResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=projects/*}/apiKeys\x12\x8d\x01\n\x0cUpdateApiKey\x12 .edgekeys.v1.UpdateApiKeyRequest\x1a!.edgekeys.v1.UpdateApiKeyResponse\"8\x82\xd3\xe4\x93\x02\x32\x32\'/v1/{api_key.name=projects/*/apiKeys/*}:\x07\x61pi_key\x12\x9c\x01\n\x10\x41ttachDeployment\x12$.edgekeys.v1.AttachDeploymentRequest\x1a%.edgekeys.v1.AttachDeploymentResponse\";\x82\xd3\xe4\x93\x02\x35\"0/v1/{name=projects/*/apiKeys/*}:attachDeployment:\x01*\x12\x9c\x01\n\x10\x44\x65tachDeployment\x12$.edgekeys.v1.DetachDeploymentRequest\x1a%.edgekeys.v1.DetachDeploymentResponse\";\x82\xd3\xe4\x93\x02\x35\"0/v1/{name=projects/*/apiKeys/*}:detachDeployment:\x01*\x12|\n\x0c\x44\x65leteApiKey\x12 .edgekeys.v1.DeleteApiKeyRequest\x1a!.edgekeys.v1.DeleteApiKeyResponse\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=projects/*/apiKeys/*}\x12\x82\x01\n\x0bPurgeApiKey\x12\x1f.edgekeys.v1.PurgeApiKeyRequest\x1a .edgekeys.v1.PurgeApiKeyResponse\"0\x82\xd3\xe4\x93\x02*\"%/v1/{name=projects/*/apiKeys/*}:purge:\x01*\x12\x86\x01\n\x0cRotateApiKey\x12 .edgekeys.v1.RotateApiKeyRequest\x1a!.edgekeys.v1.RotateApiKeyResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{name=projects/*/apiKeys/*}:rotate:\x01*\x12r\n\x0cLookupApiKey\x12 .edgekeys.v1.LookupApiKeyRequest\x1a!.edgekeys.v1.LookupApiKeyResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/apiKeys:lookup:\x01*B\xa0\x01\xea\x41<\n\x13\x65\x64gekeys.io/Project\x12\x12projects/{project}*\x08projects2\x07project\xea\x41^\n\x16\x65\x64gekeys.io/Deployment\x12+projects/{project}/deployments/{deployment}*\x0b\x64\x65ployments2\ndeploymentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgekeys.v1.api_keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_APIKEY']._serialized_start=143
-  _globals['_APIKEY']._serialized_end=735
-  _globals['_APIKEY_STATE']._serialized_start=668
-  _globals['_APIKEY_STATE']._serialized_end=735
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=737
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=852
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=854
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=930
-  _globals['_GETAPIKEYREQUEST']._serialized_start=932
-  _globals['_GETAPIKEYREQUEST']._serialized_end=964
-  _globals['_GETAPIKEYRESPONSE']._serialized_start=966
-  _globals['_GETAPIKEYRESPONSE']._serialized_end=1023
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1026
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1212
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1214
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1299
-  _globals['_UPDATEAPIKEYREQUEST']._serialized_start=1302
-  _globals['_UPDATEAPIKEYREQUEST']._serialized_end=1430
-  _globals['_UPDATEAPIKEYRESPONSE']._serialized_start=1432
-  _globals['_UPDATEAPIKEYRESPONSE']._serialized_end=1492
-  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_start=1494
-  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_end=1587
-  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_start=1589
-  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_end=1653
-  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_start=1655
-  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_end=1748
-  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_start=1750
-  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_end=1814
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1816
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1885
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1887
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1947
-  _globals['_PURGEAPIKEYREQUEST']._serialized_start=1949
-  _globals['_PURGEAPIKEYREQUEST']._serialized_end=2017
-  _globals['_PURGEAPIKEYRESPONSE']._serialized_start=2019
-  _globals['_PURGEAPIKEYRESPONSE']._serialized_end=2078
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=2080
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=2198
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=2200
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=2276
-  _globals['_LOOKUPAPIKEYREQUEST']._serialized_start=2278
-  _globals['_LOOKUPAPIKEYREQUEST']._serialized_end=2315
-  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_start=2317
-  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_end=2377
-  _globals['_APIKEYSERVICE']._serialized_start=2380
-  _globals['_APIKEYSERVICE']._serialized_end=3254
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\352A<\n\023edgekeys.io/Project\022\022projects/{project}*\010projects2\007project\352A^\n\026edgekeys.io/Deployment\022+projects/{project}/deployments/{deployment}*\013deployments2\ndeployment'
+  _globals['_APIKEY'].fields_by_name['name']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_APIKEY'].fields_by_name['display_name']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
+  _globals['_APIKEY'].fields_by_name['description']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['description']._serialized_options = b'\342A\001\001'
+  _globals['_APIKEY'].fields_by_name['deployments']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['deployments']._serialized_options = b'\342A\001\001\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_APIKEY'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['expire_time']._serialized_options = b'\342A\001\001'
+  _globals['_APIKEY'].fields_by_name['state']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['state']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['create_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['update_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['delete_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['secret_hint']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['secret_hint']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['etag']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_APIKEY'].fields_by_name['purge_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['purge_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['last_use_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['last_use_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['previous_secret_expire_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['previous_secret_expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY']._loaded_options = None
+  _globals['_APIKEY']._serialized_options = b'\352AK\n\022edgekeys.io/ApiKey\022$projects/{project}/apiKeys/{api_key}*\007apiKeys2\006apiKey'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\024\022\022edgekeys.io/ApiKey'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['api_key_id']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['api_key_id']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['api_key']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['api_key']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_GETAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\024\022\022edgekeys.io/ApiKey'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['deployment']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['deployment']._serialized_options = b'\342A\001\001\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['show_deleted']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['show_deleted']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['expire_before']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['expire_before']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['order_by']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['order_by']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEAPIKEYREQUEST'].fields_by_name['api_key']._loaded_options = None
+  _globals['_UPDATEAPIKEYREQUEST'].fields_by_name['api_key']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEAPIKEYREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEAPIKEYREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEAPIKEYREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_UPDATEAPIKEYREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['deployment']._loaded_options = None
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['deployment']._serialized_options = b'\342A\001\002\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['etag']._loaded_options = None
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ATTACHDEPLOYMENTREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['deployment']._loaded_options = None
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['deployment']._serialized_options = b'\342A\001\002\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['etag']._loaded_options = None
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_DETACHDEPLOYMENTREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['etag']._loaded_options = None
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_PURGEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_PURGEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_PURGEAPIKEYREQUEST'].fields_by_name['etag']._loaded_options = None
+  _globals['_PURGEAPIKEYREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_PURGEAPIKEYREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_PURGEAPIKEYREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['grace_period']._loaded_options = None
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['grace_period']._serialized_options = b'\342A\001\001'
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['etag']._loaded_options = None
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_ROTATEAPIKEYREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_LOOKUPAPIKEYREQUEST'].fields_by_name['secret']._loaded_options = None
+  _globals['_LOOKUPAPIKEYREQUEST'].fields_by_name['secret']._serialized_options = b'\342A\001\002'
+  _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\202\323\344\223\002*\"\037/v1/{parent=projects/*}/apiKeys:\007api_key'
+  _globals['_APIKEYSERVICE'].methods_by_name['GetApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['GetApiKey']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{name=projects/*/apiKeys/*}'
+  _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{parent=projects/*}/apiKeys'
+  _globals['_APIKEYSERVICE'].methods_by_name['UpdateApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['UpdateApiKey']._serialized_options = b'\202\323\344\223\00222\'/v1/{api_key.name=projects/*/apiKeys/*}:\007api_key'
+  _globals['_APIKEYSERVICE'].methods_by_name['AttachDeployment']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['AttachDeployment']._serialized_options = b'\202\323\344\223\0025\"0/v1/{name=projects/*/apiKeys/*}:attachDeployment:\001*'
+  _globals['_APIKEYSERVICE'].methods_by_name['DetachDeployment']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['DetachDeployment']._serialized_options = b'\202\323\344\223\0025\"0/v1/{name=projects/*/apiKeys/*}:detachDeployment:\001*'
+  _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._serialized_options = b'\202\323\344\223\002!*\037/v1/{name=projects/*/apiKeys/*}'
+  _globals['_APIKEYSERVICE'].methods_by_name['PurgeApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['PurgeApiKey']._serialized_options = b'\202\323\344\223\002*\"%/v1/{name=projects/*/apiKeys/*}:purge:\001*'
+  _globals['_APIKEYSERVICE'].methods_by_name['RotateApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['RotateApiKey']._serialized_options = b'\202\323\344\223\002+\"&/v1/{name=projects/*/apiKeys/*}:rotate:\001*'
+  _globals['_APIKEYSERVICE'].methods_by_name['LookupApiKey']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['LookupApiKey']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/apiKeys:lookup:\001*'
+  _globals['_APIKEY']._serialized_start=233
+  _globals['_APIKEY']._serialized_end=1016
+  _globals['_APIKEY_STATE']._serialized_start=869
+  _globals['_APIKEY_STATE']._serialized_end=936
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1019
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1181
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1183
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1259
+  _globals['_GETAPIKEYREQUEST']._serialized_start=1261
+  _globals['_GETAPIKEYREQUEST']._serialized_end=1322
+  _globals['_GETAPIKEYRESPONSE']._serialized_start=1324
+  _globals['_GETAPIKEYRESPONSE']._serialized_end=1381
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1384
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1662
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1664
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1749
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_start=1752
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_end=1898
+  _globals['_UPDATEAPIKEYRESPONSE']._serialized_start=1900
+  _globals['_UPDATEAPIKEYRESPONSE']._serialized_end=1960
+  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_start=1963
+  _globals['_ATTACHDEPLOYMENTREQUEST']._serialized_end=2130
+  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_start=2132
+  _globals['_ATTACHDEPLOYMENTRESPONSE']._serialized_end=2196
+  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_start=2199
+  _globals['_DETACHDEPLOYMENTREQUEST']._serialized_end=2366
+  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_start=2368
+  _globals['_DETACHDEPLOYMENTRESPONSE']._serialized_end=2432
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=2434
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=2544
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=2546
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=2606
+  _globals['_PURGEAPIKEYREQUEST']._serialized_start=2608
+  _globals['_PURGEAPIKEYREQUEST']._serialized_end=2717
+  _globals['_PURGEAPIKEYRESPONSE']._serialized_start=2719
+  _globals['_PURGEAPIKEYRESPONSE']._serialized_end=2778
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=2781
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=2946
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=2948
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=3024
+  _globals['_LOOKUPAPIKEYREQUEST']._serialized_start=3026
+  _globals['_LOOKUPAPIKEYREQUEST']._serialized_end=3069
+  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_start=3071
+  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_end=3131
+  _globals['_APIKEYSERVICE']._serialized_start=3134
+  _globals['_APIKEYSERVICE']._serialized_end=4499
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,8 @@ class ApiKeyServiceStub:
     """Manages the API keys that guard a project's inference deployments.
 
     Every change is recorded as an event; a key's secret is returned once, by
-    CreateApiKey, and never stored (only its SHA-256 digest is).
+    CreateApiKey (or RotateApiKey), and never stored (only its SHA-256 digest
+    is).
 
     Mutating requests take an optional `etag` (empty = unconditional; a stale
     one fails with ABORTED and writes nothing) and an optional `request_id`
@@ -38,6 +39,10 @@ class ApiKeyServiceStub:
     returns the key as it is now; sent with another method, other fields or
     another key, it fails with INVALID_ARGUMENT (ErrorInfo reason
     REQUEST_ID_REUSED) and writes nothing. Ids are remembered for 24 hours.
+
+    Every method is also served as REST/JSON, transcoded by its
+    `google.api.http` rule; fields that are neither in the path nor in the body
+    are query parameters.
     """
 
     def __init__(self, channel):
@@ -102,7 +107,8 @@ class ApiKeyServiceServicer:
     """Manages the API keys that guard a project's inference deployments.
 
     Every change is recorded as an event; a key's secret is returned once, by
-    CreateApiKey, and never stored (only its SHA-256 digest is).
+    CreateApiKey (or RotateApiKey), and never stored (only its SHA-256 digest
+    is).
 
     Mutating requests take an optional `etag` (empty = unconditional; a stale
     one fails with ABORTED and writes nothing) and an optional `request_id`
@@ -111,6 +117,10 @@ class ApiKeyServiceServicer:
     returns the key as it is now; sent with another method, other fields or
     another key, it fails with INVALID_ARGUMENT (ErrorInfo reason
     REQUEST_ID_REUSED) and writes nothing. Ids are remembered for 24 hours.
+
+    Every method is also served as REST/JSON, transcoded by its
+    `google.api.http` rule; fields that are neither in the path nor in the body
+    are query parameters.
     """
 
     def CreateApiKey(self, request, context):
@@ -128,7 +138,8 @@ class ApiKeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListApiKeys(self, request, context):
-        """Lists a project's keys, oldest first.
+        """Lists a project's keys: oldest first, or with `order_by` "expire_time"
+        the soonest to expire first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,7 +194,8 @@ class ApiKeyServiceServicer:
     def LookupApiKey(self, request, context):
         """Finds the key behind a secret, e.g. one a secret scanner found in a
         repository: its current secret, or the one it had before its last
-        rotation. NOT_FOUND if none of the caller's projects has it.
+        rotation. NOT_FOUND if none of the caller's projects has it. Over HTTP
+        the secret travels in the body, never in the URL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -254,7 +266,8 @@ class ApiKeyService:
     """Manages the API keys that guard a project's inference deployments.
 
     Every change is recorded as an event; a key's secret is returned once, by
-    CreateApiKey, and never stored (only its SHA-256 digest is).
+    CreateApiKey (or RotateApiKey), and never stored (only its SHA-256 digest
+    is).
 
     Mutating requests take an optional `etag` (empty = unconditional; a stale
     one fails with ABORTED and writes nothing) and an optional `request_id`
@@ -263,6 +276,10 @@ class ApiKeyService:
     returns the key as it is now; sent with another method, other fields or
     another key, it fails with INVALID_ARGUMENT (ErrorInfo reason
     REQUEST_ID_REUSED) and writes nothing. Ids are remembered for 24 hours.
+
+    Every method is also served as REST/JSON, transcoded by its
+    `google.api.http` rule; fields that are neither in the path nor in the body
+    are query parameters.
     """
 
     @staticmethod

@@ -23,52 +23,105 @@ _sym_db = _symbol_database.Default()
 
 
 from edgekeys.v1 import api_keys_pb2 as edgekeys_dot_v1_dot_api__keys__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gekeys/v1/audit.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1a\x65\x64gekeys/v1/api_keys.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x05\n\nAuditEvent\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12.\n\noccur_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0c\n\x04hash\x18\x08 \x01(\t\x12\x1c\n\x14personal_data_erased\x18\t \x01(\x08\x12\x34\n\x0bkey_created\x18\x14 \x01(\x0b\x32\x1d.edgekeys.v1.KeyCreatedValuesH\x00\x12<\n\x0f\x64\x65tails_changed\x18\x15 \x01(\x0b\x32!.edgekeys.v1.DetailsChangedValuesH\x00\x12<\n\x13\x64\x65ployment_attached\x18\x16 \x01(\x0b\x32\x1d.edgekeys.v1.DeploymentValuesH\x00\x12<\n\x13\x64\x65ployment_detached\x18\x17 \x01(\x0b\x32\x1d.edgekeys.v1.DeploymentValuesH\x00\x12:\n\x0e\x65xpiry_changed\x18\x18 \x01(\x0b\x32 .edgekeys.v1.ExpiryChangedValuesH\x00\x12,\n\x0bkey_deleted\x18\x19 \x01(\x0b\x32\x15.edgekeys.v1.NoValuesH\x00\x12\x35\n\x14personal_data_purged\x18\x1a \x01(\x0b\x32\x15.edgekeys.v1.NoValuesH\x00\x12:\n\x0esecret_rotated\x18\x1b \x01(\x0b\x32 .edgekeys.v1.SecretRotatedValuesH\x00\x42\x08\n\x06values\"\x98\x01\n\x10KeyCreatedValues\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65ployments\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hint\x18\x05 \x01(\t\"l\n\x14\x44\x65tailsChangedValues\x12\x19\n\x0c\x64isplay_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x0f\n\r_display_nameB\x0e\n\x0c_description\"&\n\x10\x44\x65ploymentValues\x12\x12\n\ndeployment\x18\x01 \x01(\t\"k\n\x13SecretRotatedValues\x12\x13\n\x0bsecret_hint\x18\x01 \x01(\t\x12?\n\x1bprevious_secret_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x13\x45xpiryChangedValues\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\n\n\x08NoValues\".\n\nCheckpoint\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"N\n\x17ListApiKeyEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x18ListApiKeyEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.edgekeys.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"y\n\x18GetApiKeyRevisionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x30\n\nas_of_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08revision\"A\n\x19GetApiKeyRevisionResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\xc1\x01\n\x11ListEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_position\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.edgekeys.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x12WatchEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_position\x18\x02 \x01(\x03\"=\n\x13WatchEventsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.edgekeys.v1.AuditEvent\"T\n\x15VerifyAuditLogRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12+\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x17.edgekeys.v1.Checkpoint\"\x96\x01\n\x16VerifyAuditLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x1a\n\x12\x66irst_bad_position\x18\x02 \x01(\x03\x12\x16\n\x0e\x65vents_checked\x18\x03 \x01(\x03\x12+\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x17.edgekeys.v1.Checkpoint\x12\x0f\n\x07problem\x18\x05 \x01(\t2\xd1\x03\n\x0c\x41uditService\x12_\n\x10ListApiKeyEvents\x12$.edgekeys.v1.ListApiKeyEventsRequest\x1a%.edgekeys.v1.ListApiKeyEventsResponse\x12\x62\n\x11GetApiKeyRevision\x12%.edgekeys.v1.GetApiKeyRevisionRequest\x1a&.edgekeys.v1.GetApiKeyRevisionResponse\x12M\n\nListEvents\x12\x1e.edgekeys.v1.ListEventsRequest\x1a\x1f.edgekeys.v1.ListEventsResponse\x12R\n\x0bWatchEvents\x12\x1f.edgekeys.v1.WatchEventsRequest\x1a .edgekeys.v1.WatchEventsResponse0\x01\x12Y\n\x0eVerifyAuditLog\x12\".edgekeys.v1.VerifyAuditLogRequest\x1a#.edgekeys.v1.VerifyAuditLogResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gekeys/v1/audit.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1a\x65\x64gekeys/v1/api_keys.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x05\n\nAuditEvent\x12\x10\n\x08position\x18\x01 \x01(\x03\x12(\n\x07\x61pi_key\x18\x02 \x01(\tB\x17\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12.\n\noccur_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0c\n\x04hash\x18\x08 \x01(\t\x12\x1c\n\x14personal_data_erased\x18\t \x01(\x08\x12\x34\n\x0bkey_created\x18\x14 \x01(\x0b\x32\x1d.edgekeys.v1.KeyCreatedValuesH\x00\x12<\n\x0f\x64\x65tails_changed\x18\x15 \x01(\x0b\x32!.edgekeys.v1.DetailsChangedValuesH\x00\x12<\n\x13\x64\x65ployment_attached\x18\x16 \x01(\x0b\x32\x1d.edgekeys.v1.DeploymentValuesH\x00\x12<\n\x13\x64\x65ployment_detached\x18\x17 \x01(\x0b\x32\x1d.edgekeys.v1.DeploymentValuesH\x00\x12:\n\x0e\x65xpiry_changed\x18\x18 \x01(\x0b\x32 .edgekeys.v1.ExpiryChangedValuesH\x00\x12,\n\x0bkey_deleted\x18\x19 \x01(\x0b\x32\x15.edgekeys.v1.NoValuesH\x00\x12\x35\n\x14personal_data_purged\x18\x1a \x01(\x0b\x32\x15.edgekeys.v1.NoValuesH\x00\x12:\n\x0esecret_rotated\x18\x1b \x01(\x0b\x32 .edgekeys.v1.SecretRotatedValuesH\x00\x42\x08\n\x06values\"\xb5\x01\n\x10KeyCreatedValues\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\x0b\x64\x65ployments\x18\x03 \x03(\tB\x1b\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsecret_hint\x18\x05 \x01(\t\"l\n\x14\x44\x65tailsChangedValues\x12\x19\n\x0c\x64isplay_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x0f\n\r_display_nameB\x0e\n\x0c_description\"C\n\x10\x44\x65ploymentValues\x12/\n\ndeployment\x18\x01 \x01(\tB\x1b\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\"F\n\x13\x45xpiryChangedValues\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\x13SecretRotatedValues\x12\x13\n\x0bsecret_hint\x18\x01 \x01(\t\x12?\n\x1bprevious_secret_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\n\n\x08NoValues\":\n\nCheckpoint\x12\x16\n\x08position\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06\x64igest\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"w\n\x17ListApiKeyEventsRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\\\n\x18ListApiKeyEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.edgekeys.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\x18GetApiKeyRevisionRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x30\n\nas_of_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08revision\"A\n\x19GetApiKeyRevisionResponse\x12$\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x13.edgekeys.v1.ApiKey\"\x97\x02\n\x11ListEventsRequest\x12,\n\x06parent\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x65\x64gekeys.io/Project\x12\x1c\n\x0e\x61\x66ter_position\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65vent_types\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x34\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\"V\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.edgekeys.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x12WatchEventsRequest\x12,\n\x06parent\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13\x65\x64gekeys.io/Project\x12\x1c\n\x0e\x61\x66ter_position\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\"=\n\x13WatchEventsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.edgekeys.v1.AuditEvent\"x\n\x15VerifyAuditLogRequest\x12,\n\x06parent\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x01\xfa\x41\x15\n\x13\x65\x64gekeys.io/Project\x12\x31\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x17.edgekeys.v1.CheckpointB\x04\xe2\x41\x01\x01\"\x96\x01\n\x16VerifyAuditLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x1a\n\x12\x66irst_bad_position\x18\x02 \x01(\x03\x12\x16\n\x0e\x65vents_checked\x18\x03 \x01(\x03\x12+\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x17.edgekeys.v1.Checkpoint\x12\x0f\n\x07problem\x18\x05 \x01(\t2\xac\x05\n\x0c\x41uditService\x12\x8f\x01\n\x10ListApiKeyEvents\x12$.edgekeys.v1.ListApiKeyEventsRequest\x1a%.edgekeys.v1.ListApiKeyEventsResponse\".\x82\xd3\xe4\x93\x02(\x12&/v1/{name=projects/*/apiKeys/*}/events\x12\x94\x01\n\x11GetApiKeyRevision\x12%.edgekeys.v1.GetApiKeyRevisionRequest\x1a&.edgekeys.v1.GetApiKeyRevisionResponse\"0\x82\xd3\xe4\x93\x02*\x12(/v1/{name=projects/*/apiKeys/*}:revision\x12u\n\nListEvents\x12\x1e.edgekeys.v1.ListEventsRequest\x1a\x1f.edgekeys.v1.ListEventsResponse\"&\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=projects/*}/events\x12\x80\x01\n\x0bWatchEvents\x12\x1f.edgekeys.v1.WatchEventsRequest\x1a .edgekeys.v1.WatchEventsResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=projects/*}/events:watch0\x01\x12y\n\x0eVerifyAuditLog\x12\".edgekeys.v1.VerifyAuditLogRequest\x1a#.edgekeys.v1.VerifyAuditLogResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/auditLog:verify:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgekeys.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITEVENT']._serialized_start=102
-  _globals['_AUDITEVENT']._serialized_end=784
-  _globals['_KEYCREATEDVALUES']._serialized_start=787
-  _globals['_KEYCREATEDVALUES']._serialized_end=939
-  _globals['_DETAILSCHANGEDVALUES']._serialized_start=941
-  _globals['_DETAILSCHANGEDVALUES']._serialized_end=1049
-  _globals['_DEPLOYMENTVALUES']._serialized_start=1051
-  _globals['_DEPLOYMENTVALUES']._serialized_end=1089
-  _globals['_SECRETROTATEDVALUES']._serialized_start=1091
-  _globals['_SECRETROTATEDVALUES']._serialized_end=1198
-  _globals['_EXPIRYCHANGEDVALUES']._serialized_start=1200
-  _globals['_EXPIRYCHANGEDVALUES']._serialized_end=1270
-  _globals['_NOVALUES']._serialized_start=1272
-  _globals['_NOVALUES']._serialized_end=1282
-  _globals['_CHECKPOINT']._serialized_start=1284
-  _globals['_CHECKPOINT']._serialized_end=1330
-  _globals['_LISTAPIKEYEVENTSREQUEST']._serialized_start=1332
-  _globals['_LISTAPIKEYEVENTSREQUEST']._serialized_end=1410
-  _globals['_LISTAPIKEYEVENTSRESPONSE']._serialized_start=1412
-  _globals['_LISTAPIKEYEVENTSRESPONSE']._serialized_end=1504
-  _globals['_GETAPIKEYREVISIONREQUEST']._serialized_start=1506
-  _globals['_GETAPIKEYREVISIONREQUEST']._serialized_end=1627
-  _globals['_GETAPIKEYREVISIONRESPONSE']._serialized_start=1629
-  _globals['_GETAPIKEYREVISIONRESPONSE']._serialized_end=1694
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1697
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1890
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1892
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1978
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1980
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=2040
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=2042
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=2103
-  _globals['_VERIFYAUDITLOGREQUEST']._serialized_start=2105
-  _globals['_VERIFYAUDITLOGREQUEST']._serialized_end=2189
-  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_start=2192
-  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_end=2342
-  _globals['_AUDITSERVICE']._serialized_start=2345
-  _globals['_AUDITSERVICE']._serialized_end=2810
+  _globals['_AUDITEVENT'].fields_by_name['api_key']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['api_key']._serialized_options = b'\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_KEYCREATEDVALUES'].fields_by_name['deployments']._loaded_options = None
+  _globals['_KEYCREATEDVALUES'].fields_by_name['deployments']._serialized_options = b'\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_DEPLOYMENTVALUES'].fields_by_name['deployment']._loaded_options = None
+  _globals['_DEPLOYMENTVALUES'].fields_by_name['deployment']._serialized_options = b'\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_CHECKPOINT'].fields_by_name['position']._loaded_options = None
+  _globals['_CHECKPOINT'].fields_by_name['position']._serialized_options = b'\342A\001\002'
+  _globals['_CHECKPOINT'].fields_by_name['digest']._loaded_options = None
+  _globals['_CHECKPOINT'].fields_by_name['digest']._serialized_options = b'\342A\001\002'
+  _globals['_LISTAPIKEYEVENTSREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_LISTAPIKEYEVENTSREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_LISTAPIKEYEVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTAPIKEYEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAPIKEYEVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTAPIKEYEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_GETAPIKEYREVISIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETAPIKEYREVISIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\025\n\023edgekeys.io/Project'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['after_position']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['after_position']._serialized_options = b'\342A\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['event_types']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['event_types']._serialized_options = b'\342A\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_WATCHEVENTSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_WATCHEVENTSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\025\n\023edgekeys.io/Project'
+  _globals['_WATCHEVENTSREQUEST'].fields_by_name['after_position']._loaded_options = None
+  _globals['_WATCHEVENTSREQUEST'].fields_by_name['after_position']._serialized_options = b'\342A\001\001'
+  _globals['_VERIFYAUDITLOGREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_VERIFYAUDITLOGREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\001\372A\025\n\023edgekeys.io/Project'
+  _globals['_VERIFYAUDITLOGREQUEST'].fields_by_name['checkpoint']._loaded_options = None
+  _globals['_VERIFYAUDITLOGREQUEST'].fields_by_name['checkpoint']._serialized_options = b'\342A\001\001'
+  _globals['_AUDITSERVICE'].methods_by_name['ListApiKeyEvents']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ListApiKeyEvents']._serialized_options = b'\202\323\344\223\002(\022&/v1/{name=projects/*/apiKeys/*}/events'
+  _globals['_AUDITSERVICE'].methods_by_name['GetApiKeyRevision']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['GetApiKeyRevision']._serialized_options = b'\202\323\344\223\002*\022(/v1/{name=projects/*/apiKeys/*}:revision'
+  _globals['_AUDITSERVICE'].methods_by_name['ListEvents']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\202\323\344\223\002 \022\036/v1/{parent=projects/*}/events'
+  _globals['_AUDITSERVICE'].methods_by_name['WatchEvents']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['WatchEvents']._serialized_options = b'\202\323\344\223\002&\022$/v1/{parent=projects/*}/events:watch'
+  _globals['_AUDITSERVICE'].methods_by_name['VerifyAuditLog']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['VerifyAuditLog']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/auditLog:verify:\001*'
+  _globals['_AUDITEVENT']._serialized_start=192
+  _globals['_AUDITEVENT']._serialized_end=899
+  _globals['_KEYCREATEDVALUES']._serialized_start=902
+  _globals['_KEYCREATEDVALUES']._serialized_end=1083
+  _globals['_DETAILSCHANGEDVALUES']._serialized_start=1085
+  _globals['_DETAILSCHANGEDVALUES']._serialized_end=1193
+  _globals['_DEPLOYMENTVALUES']._serialized_start=1195
+  _globals['_DEPLOYMENTVALUES']._serialized_end=1262
+  _globals['_EXPIRYCHANGEDVALUES']._serialized_start=1264
+  _globals['_EXPIRYCHANGEDVALUES']._serialized_end=1334
+  _globals['_SECRETROTATEDVALUES']._serialized_start=1336
+  _globals['_SECRETROTATEDVALUES']._serialized_end=1443
+  _globals['_NOVALUES']._serialized_start=1445
+  _globals['_NOVALUES']._serialized_end=1455
+  _globals['_CHECKPOINT']._serialized_start=1457
+  _globals['_CHECKPOINT']._serialized_end=1515
+  _globals['_LISTAPIKEYEVENTSREQUEST']._serialized_start=1517
+  _globals['_LISTAPIKEYEVENTSREQUEST']._serialized_end=1636
+  _globals['_LISTAPIKEYEVENTSRESPONSE']._serialized_start=1638
+  _globals['_LISTAPIKEYEVENTSRESPONSE']._serialized_end=1730
+  _globals['_GETAPIKEYREVISIONREQUEST']._serialized_start=1733
+  _globals['_GETAPIKEYREVISIONREQUEST']._serialized_end=1883
+  _globals['_GETAPIKEYREVISIONRESPONSE']._serialized_start=1885
+  _globals['_GETAPIKEYREVISIONRESPONSE']._serialized_end=1950
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1953
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2232
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2234
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2320
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=2322
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=2418
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=2420
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=2481
+  _globals['_VERIFYAUDITLOGREQUEST']._serialized_start=2483
+  _globals['_VERIFYAUDITLOGREQUEST']._serialized_end=2603
+  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_start=2606
+  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_end=2756
+  _globals['_AUDITSERVICE']._serialized_start=2759
+  _globals['_AUDITSERVICE']._serialized_end=3443
 # @@protoc_insertion_point(module_scope)

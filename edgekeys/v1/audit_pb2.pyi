@@ -1,6 +1,9 @@
 import datetime
 
 from edgekeys.v1 import api_keys_pb2 as _api_keys_pb2
+from google.api import annotations_pb2 as _annotations_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -76,6 +79,12 @@ class DeploymentValues(_message.Message):
     deployment: str
     def __init__(self, deployment: _Optional[str] = ...) -> None: ...
 
+class ExpiryChangedValues(_message.Message):
+    __slots__ = ("expire_time",)
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class SecretRotatedValues(_message.Message):
     __slots__ = ("secret_hint", "previous_secret_expire_time")
     SECRET_HINT_FIELD_NUMBER: _ClassVar[int]
@@ -83,12 +92,6 @@ class SecretRotatedValues(_message.Message):
     secret_hint: str
     previous_secret_expire_time: _timestamp_pb2.Timestamp
     def __init__(self, secret_hint: _Optional[str] = ..., previous_secret_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
-
-class ExpiryChangedValues(_message.Message):
-    __slots__ = ("expire_time",)
-    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
-    expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class NoValues(_message.Message):
     __slots__ = ()
@@ -137,20 +140,22 @@ class GetApiKeyRevisionResponse(_message.Message):
     def __init__(self, api_key: _Optional[_Union[_api_keys_pb2.ApiKey, _Mapping]] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ("parent", "after_position", "page_size", "event_types", "start_time", "end_time")
+    __slots__ = ("parent", "after_position", "page_size", "event_types", "start_time", "end_time", "page_token")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     parent: str
     after_position: int
     page_size: int
     event_types: _containers.RepeatedScalarFieldContainer[str]
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, parent: _Optional[str] = ..., after_position: _Optional[int] = ..., page_size: _Optional[int] = ..., event_types: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., after_position: _Optional[int] = ..., page_size: _Optional[int] = ..., event_types: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")

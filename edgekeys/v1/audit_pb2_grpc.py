@@ -32,6 +32,10 @@ class AuditServiceStub:
 
     Positions are the event store's notification ids: global, from 1, in commit
     order; `after_position` is exclusive.
+
+    Every method is also served as REST/JSON, transcoded by its
+    `google.api.http` rule; fields that are neither in the path nor in the body
+    are query parameters.
     """
 
     def __init__(self, channel):
@@ -74,6 +78,10 @@ class AuditServiceServicer:
 
     Positions are the event store's notification ids: global, from 1, in commit
     order; `after_position` is exclusive.
+
+    Every method is also served as REST/JSON, transcoded by its
+    `google.api.http` rule; fields that are neither in the path nor in the body
+    are query parameters.
     """
 
     def ListApiKeyEvents(self, request, context):
@@ -156,6 +164,10 @@ class AuditService:
 
     Positions are the event store's notification ids: global, from 1, in commit
     order; `after_position` is exclusive.
+
+    Every method is also served as REST/JSON, transcoded by its
+    `google.api.http` rule; fields that are neither in the path nor in the body
+    are query parameters.
     """
 
     @staticmethod

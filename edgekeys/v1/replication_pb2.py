@@ -22,28 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gekeys/v1/replication.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x12StreamIndexRequest\x12\x16\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\"|\n\x13StreamIndexResponse\x12\r\n\x05reset\x18\x01 \x01(\x08\x12)\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x18.edgekeys.v1.IndexChange\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x19\n\x11snapshot_complete\x18\x04 \x01(\x08\"\xe2\x02\n\x0bIndexChange\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.edgekeys.v1.IndexChange.State\x12\x1e\n\x16previous_secret_sha256\x18\x07 \x01(\x0c\x12?\n\x1bprevious_secret_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"\x19\n\x17GetReplicaStatusRequest\"\xb5\x01\n\x18GetReplicaStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x15\n\rhead_position\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x32\n\x0elast_sync_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08upstream\x18\x07 \x01(\t2\xc9\x01\n\x12ReplicationService\x12R\n\x0bStreamIndex\x12\x1f.edgekeys.v1.StreamIndexRequest\x1a .edgekeys.v1.StreamIndexResponse0\x01\x12_\n\x10GetReplicaStatus\x12$.edgekeys.v1.GetReplicaStatusRequest\x1a%.edgekeys.v1.GetReplicaStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gekeys/v1/replication.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x12StreamIndexRequest\x12\x1c\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x01\"|\n\x13StreamIndexResponse\x12\r\n\x05reset\x18\x01 \x01(\x08\x12)\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x18.edgekeys.v1.IndexChange\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x19\n\x11snapshot_complete\x18\x04 \x01(\x08\"\x98\x03\n\x0bIndexChange\x12\x10\n\x08position\x18\x01 \x01(\x03\x12(\n\x07\x61pi_key\x18\x02 \x01(\tB\x17\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12\x15\n\rsecret_sha256\x18\x03 \x01(\x0c\x12\x30\n\x0b\x64\x65ployments\x18\x04 \x03(\tB\x1b\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.edgekeys.v1.IndexChange.State\x12\x1e\n\x16previous_secret_sha256\x18\x07 \x01(\x0c\x12?\n\x1bprevious_secret_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"\x19\n\x17GetReplicaStatusRequest\"\xb5\x01\n\x18GetReplicaStatusResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x15\n\rhead_position\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x32\n\x0elast_sync_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08upstream\x18\x07 \x01(\t2\xc9\x01\n\x12ReplicationService\x12R\n\x0bStreamIndex\x12\x1f.edgekeys.v1.StreamIndexRequest\x1a .edgekeys.v1.StreamIndexResponse0\x01\x12_\n\x10GetReplicaStatus\x12$.edgekeys.v1.GetReplicaStatusRequest\x1a%.edgekeys.v1.GetReplicaStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgekeys.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMINDEXREQUEST']._serialized_start=79
-  _globals['_STREAMINDEXREQUEST']._serialized_end=123
-  _globals['_STREAMINDEXRESPONSE']._serialized_start=125
-  _globals['_STREAMINDEXRESPONSE']._serialized_end=249
-  _globals['_INDEXCHANGE']._serialized_start=252
-  _globals['_INDEXCHANGE']._serialized_end=606
-  _globals['_INDEXCHANGE_STATE']._serialized_start=539
-  _globals['_INDEXCHANGE_STATE']._serialized_end=606
-  _globals['_GETREPLICASTATUSREQUEST']._serialized_start=608
-  _globals['_GETREPLICASTATUSREQUEST']._serialized_end=633
-  _globals['_GETREPLICASTATUSRESPONSE']._serialized_start=636
-  _globals['_GETREPLICASTATUSRESPONSE']._serialized_end=817
-  _globals['_REPLICATIONSERVICE']._serialized_start=820
-  _globals['_REPLICATIONSERVICE']._serialized_end=1021
+  _globals['_STREAMINDEXREQUEST'].fields_by_name['after_position']._loaded_options = None
+  _globals['_STREAMINDEXREQUEST'].fields_by_name['after_position']._serialized_options = b'\342A\001\001'
+  _globals['_INDEXCHANGE'].fields_by_name['api_key']._loaded_options = None
+  _globals['_INDEXCHANGE'].fields_by_name['api_key']._serialized_options = b'\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_INDEXCHANGE'].fields_by_name['deployments']._loaded_options = None
+  _globals['_INDEXCHANGE'].fields_by_name['deployments']._serialized_options = b'\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_STREAMINDEXREQUEST']._serialized_start=139
+  _globals['_STREAMINDEXREQUEST']._serialized_end=189
+  _globals['_STREAMINDEXRESPONSE']._serialized_start=191
+  _globals['_STREAMINDEXRESPONSE']._serialized_end=315
+  _globals['_INDEXCHANGE']._serialized_start=318
+  _globals['_INDEXCHANGE']._serialized_end=726
+  _globals['_INDEXCHANGE_STATE']._serialized_start=659
+  _globals['_INDEXCHANGE_STATE']._serialized_end=726
+  _globals['_GETREPLICASTATUSREQUEST']._serialized_start=728
+  _globals['_GETREPLICASTATUSREQUEST']._serialized_end=753
+  _globals['_GETREPLICASTATUSRESPONSE']._serialized_start=756
+  _globals['_GETREPLICASTATUSRESPONSE']._serialized_end=937
+  _globals['_REPLICATIONSERVICE']._serialized_start=940
+  _globals['_REPLICATIONSERVICE']._serialized_end=1141
 # @@protoc_insertion_point(module_scope)

@@ -22,26 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gekeys/v1/validation.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x15ValidateApiKeyRequest\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\"\x81\x01\n\x16ValidateApiKeyResponse\x12%\n\x07verdict\x18\x01 \x01(\x0e\x32\x14.edgekeys.v1.Verdict\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x16ValidateApiKeysRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".edgekeys.v1.ValidateApiKeyRequest\"Q\n\x17ValidateApiKeysResponse\x12\x36\n\tresponses\x18\x01 \x03(\x0b\x32#.edgekeys.v1.ValidateApiKeyResponse*\xb8\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_ALLOWED\x10\x01\x12\x15\n\x11VERDICT_MALFORMED\x10\x02\x12\x15\n\x11VERDICT_NOT_FOUND\x10\x03\x12\x13\n\x0fVERDICT_EXPIRED\x10\x04\x12\"\n\x1eVERDICT_DEPLOYMENT_NOT_ALLOWED\x10\x05\x12\x18\n\x14VERDICT_RATE_LIMITED\x10\x06\x32\xcc\x01\n\x11ValidationService\x12Y\n\x0eValidateApiKey\x12\".edgekeys.v1.ValidateApiKeyRequest\x1a#.edgekeys.v1.ValidateApiKeyResponse\x12\\\n\x0fValidateApiKeys\x12#.edgekeys.v1.ValidateApiKeysRequest\x1a$.edgekeys.v1.ValidateApiKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gekeys/v1/validation.proto\x12\x0b\x65\x64gekeys.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x15ValidateApiKeyRequest\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x33\n\ndeployment\x18\x02 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x65\x64gekeys.io/Deployment\x12\x1c\n\x0e\x63lient_address\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\x9a\x01\n\x16ValidateApiKeyResponse\x12%\n\x07verdict\x18\x01 \x01(\x0e\x32\x14.edgekeys.v1.Verdict\x12(\n\x07\x61pi_key\x18\x02 \x01(\tB\x17\xfa\x41\x14\n\x12\x65\x64gekeys.io/ApiKey\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x16ValidateApiKeysRequest\x12:\n\x08requests\x18\x01 \x03(\x0b\x32\".edgekeys.v1.ValidateApiKeyRequestB\x04\xe2\x41\x01\x01\"Q\n\x17ValidateApiKeysResponse\x12\x36\n\tresponses\x18\x01 \x03(\x0b\x32#.edgekeys.v1.ValidateApiKeyResponse*\xb8\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_ALLOWED\x10\x01\x12\x15\n\x11VERDICT_MALFORMED\x10\x02\x12\x15\n\x11VERDICT_NOT_FOUND\x10\x03\x12\x13\n\x0fVERDICT_EXPIRED\x10\x04\x12\"\n\x1eVERDICT_DEPLOYMENT_NOT_ALLOWED\x10\x05\x12\x18\n\x14VERDICT_RATE_LIMITED\x10\x06\x32\xb9\x02\n\x11ValidationService\x12\x9e\x01\n\x0eValidateApiKey\x12\".edgekeys.v1.ValidateApiKeyRequest\x1a#.edgekeys.v1.ValidateApiKeyResponse\"C\x82\xd3\xe4\x93\x02=\"8/v1/{deployment=projects/*/deployments/*}:validateApiKey:\x01*\x12\x82\x01\n\x0fValidateApiKeys\x12#.edgekeys.v1.ValidateApiKeysRequest\x1a$.edgekeys.v1.ValidateApiKeysResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/apiKeys:batchValidate:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgekeys.v1.validation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=459
-  _globals['_VERDICT']._serialized_end=643
-  _globals['_VALIDATEAPIKEYREQUEST']._serialized_start=78
-  _globals['_VALIDATEAPIKEYREQUEST']._serialized_end=161
-  _globals['_VALIDATEAPIKEYRESPONSE']._serialized_start=164
-  _globals['_VALIDATEAPIKEYRESPONSE']._serialized_end=293
-  _globals['_VALIDATEAPIKEYSREQUEST']._serialized_start=295
-  _globals['_VALIDATEAPIKEYSREQUEST']._serialized_end=373
-  _globals['_VALIDATEAPIKEYSRESPONSE']._serialized_start=375
-  _globals['_VALIDATEAPIKEYSRESPONSE']._serialized_end=456
-  _globals['_VALIDATIONSERVICE']._serialized_start=646
-  _globals['_VALIDATIONSERVICE']._serialized_end=850
+  _globals['_VALIDATEAPIKEYREQUEST'].fields_by_name['deployment']._loaded_options = None
+  _globals['_VALIDATEAPIKEYREQUEST'].fields_by_name['deployment']._serialized_options = b'\342A\001\002\372A\030\n\026edgekeys.io/Deployment'
+  _globals['_VALIDATEAPIKEYREQUEST'].fields_by_name['client_address']._loaded_options = None
+  _globals['_VALIDATEAPIKEYREQUEST'].fields_by_name['client_address']._serialized_options = b'\342A\001\001'
+  _globals['_VALIDATEAPIKEYRESPONSE'].fields_by_name['api_key']._loaded_options = None
+  _globals['_VALIDATEAPIKEYRESPONSE'].fields_by_name['api_key']._serialized_options = b'\372A\024\n\022edgekeys.io/ApiKey'
+  _globals['_VALIDATEAPIKEYSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_VALIDATEAPIKEYSREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\001'
+  _globals['_VALIDATIONSERVICE'].methods_by_name['ValidateApiKey']._loaded_options = None
+  _globals['_VALIDATIONSERVICE'].methods_by_name['ValidateApiKey']._serialized_options = b'\202\323\344\223\002=\"8/v1/{deployment=projects/*/deployments/*}:validateApiKey:\001*'
+  _globals['_VALIDATIONSERVICE'].methods_by_name['ValidateApiKeys']._loaded_options = None
+  _globals['_VALIDATIONSERVICE'].methods_by_name['ValidateApiKeys']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/apiKeys:batchValidate:\001*'
+  _globals['_VERDICT']._serialized_start=619
+  _globals['_VERDICT']._serialized_end=803
+  _globals['_VALIDATEAPIKEYREQUEST']._serialized_start=168
+  _globals['_VALIDATEAPIKEYREQUEST']._serialized_end=290
+  _globals['_VALIDATEAPIKEYRESPONSE']._serialized_start=293
+  _globals['_VALIDATEAPIKEYRESPONSE']._serialized_end=447
+  _globals['_VALIDATEAPIKEYSREQUEST']._serialized_start=449
+  _globals['_VALIDATEAPIKEYSREQUEST']._serialized_end=533
+  _globals['_VALIDATEAPIKEYSRESPONSE']._serialized_start=535
+  _globals['_VALIDATEAPIKEYSRESPONSE']._serialized_end=616
+  _globals['_VALIDATIONSERVICE']._serialized_start=806
+  _globals['_VALIDATIONSERVICE']._serialized_end=1119
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,9 @@ if _version_not_supported:
 class ValidationServiceStub:
     """Answers gateways, on every inference request: may this secret reach this
     deployment? Answers come from memory; a denial is a verdict, not an error.
+
+    Also served as REST/JSON by the `google.api.http` rules; both methods are
+    POSTs with the secrets in the body, never in the URL.
     """
 
     def __init__(self, channel):
@@ -51,6 +54,9 @@ class ValidationServiceStub:
 class ValidationServiceServicer:
     """Answers gateways, on every inference request: may this secret reach this
     deployment? Answers come from memory; a denial is a verdict, not an error.
+
+    Also served as REST/JSON by the `google.api.http` rules; both methods are
+    POSTs with the secrets in the body, never in the URL.
     """
 
     def ValidateApiKey(self, request, context):
@@ -91,6 +97,9 @@ def add_ValidationServiceServicer_to_server(servicer, server):
 class ValidationService:
     """Answers gateways, on every inference request: may this secret reach this
     deployment? Answers come from memory; a denial is a verdict, not an error.
+
+    Also served as REST/JSON by the `google.api.http` rules; both methods are
+    POSTs with the secrets in the body, never in the URL.
     """
 
     @staticmethod
