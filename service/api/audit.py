@@ -93,27 +93,37 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
                 "event_types",
                 f"unknown {', '.join(sorted(unknown))}; known: {', '.join(sorted(EVENT_TYPES))}",
             )
+        start_time = (
+            fields.timestamp(request.start_time, "start_time")
+            if request.HasField("start_time")
+            else None
+        )
+        end_time = (
+            fields.timestamp(request.end_time, "end_time") if request.HasField("end_time") else None
+        )
+        query = {
+            "parent": request.parent,
+            "after_position": request.after_position,
+            "event_types": sorted(request.event_types),
+            "start_time": start_time.isoformat() if start_time else "",
+            "end_time": end_time.isoformat() if end_time else "",
+        }
+        after = fields.decode_page_token(request.page_token, query) or request.after_position
         found = await asyncio.to_thread(
             self.audit.entries,
             project=project,
-            after=request.after_position,
+            after=after,
             limit=size + 1,
             event_types=list(request.event_types),
-            start_time=(
-                fields.timestamp(request.start_time, "start_time")
-                if request.HasField("start_time")
-                else None
-            ),
-            end_time=(
-                fields.timestamp(request.end_time, "end_time")
-                if request.HasField("end_time")
-                else None
-            ),
+            start_time=start_time,
+            end_time=end_time,
         )
         page = found[:size]
         return apb.ListEventsResponse(
             events=[self._event(entry, row) for entry, row in page],
-            next_page_token=str(page[-1][0].position) if len(found) > size else "",
+            next_page_token=(
+                fields.encode_page_token(page[-1][0].position, query) if len(found) > size else ""
+            ),
         )
 
     async def WatchEvents(

@@ -161,7 +161,8 @@ def project_log(
     start_time: datetime | None = None,
     end_time: datetime | None = None,
 ) -> list[apb.AuditEvent]:
-    """A project's log via ListEvents, paging with after_position as the contract says."""
+    """A project's log via ListEvents, every page reached two ways: by its opaque
+    page_token, and by after_position set to the last event's position."""
     events: list[apb.AuditEvent] = []
     for _ in range(10_000):
         request = apb.ListEventsRequest(
@@ -175,8 +176,14 @@ def project_log(
         events.extend(page.events)
         if not page.next_page_token:
             return events
-        assert page.next_page_token == str(page.events[-1].position)
-        after = int(page.next_page_token)
+        assert page.next_page_token != str(page.events[-1].position)  # opaque
+        by_token = apb.ListEventsRequest()
+        by_token.CopyFrom(request)
+        by_token.page_token = page.next_page_token
+        after = page.events[-1].position
+        request.after_position = after
+        by_position = audit(running).ListEvents(request)
+        assert audit(running).ListEvents(by_token).events == by_position.events
     raise AssertionError("ListEvents never reached its last page")
 
 
