@@ -109,6 +109,17 @@ def test_workers_stop_when_their_supervisor_is_killed(workers: ServeProcess) -> 
     eventually(lambda: not serves(workers.address), timeout=15)
 
 
+def eventually_read(url: str, within: float = 20) -> str:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return str(reply.read().decode())
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} never answered"
+            time.sleep(0.1)
+
+
 def test_each_worker_serves_its_own_metrics_on_the_next_port(workers: ServeProcess) -> None:
     channels = connections(workers.address)
     calls = 40
@@ -118,8 +129,7 @@ def test_each_worker_serves_its_own_metrics_on_the_next_port(workers: ServeProce
     malformed = []
     for worker in range(2):
         url = f"http://{host}:{int(port) + worker}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            samples = parsed(reply.read().decode())
+        samples = parsed(eventually_read(url))  # the second worker may still be starting
         malformed.append(value(samples, "edgekeys_validations_total", verdict="VERDICT_MALFORMED"))
     assert sum(malformed) == calls
     for channel in channels:
