@@ -43,7 +43,7 @@ def clock() -> FakeClock:
 
 @dataclass
 class RunningServer:
-    """An Server on its own event loop thread, with sync client stubs."""
+    """A Server on its own event loop thread, with sync client stubs."""
 
     database: Path
     clock: FakeClock
@@ -59,7 +59,7 @@ class RunningServer:
         settings = Settings(
             address="127.0.0.1:0",
             database_url=self.database_url or f"sqlite:///{self.database}",
-            **self.options,
+            **{"http_address": "off", **self.options},
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

@@ -28,7 +28,10 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _LAST_MICROSECOND = datetime.max.replace(tzinfo=UTC)
 _MAX_POSITION = 2**63 - 1
 _MAX_TOKEN = 1024
-_ID_RULE = f"every ID matching ^{names.ID_PATTERN}$"
+_ID_RULE = (
+    f"every ID matching ^{names.ID_PATTERN}$ (a project may also be a project number, "
+    "1 to 2^63-1, no leading zero)"
+)
 
 
 def project(parent: str, field: str = "parent") -> str:

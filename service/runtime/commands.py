@@ -106,7 +106,11 @@ def _supervise(settings: config.Settings, upstream: client.Credentials) -> int:
     spawn = multiprocessing.get_context("spawn")
 
     def start(i: int) -> multiprocessing.process.BaseProcess:
-        own = dataclasses.replace(settings, metrics_address=_shifted(settings.metrics_address, i))
+        own = dataclasses.replace(
+            settings,
+            metrics_address=_shifted(settings.metrics_address, i),
+            http_address=_shifted(settings.http_address, i),
+        )
         worker = spawn.Process(target=_worker, args=(own, upstream, os.getpid()), daemon=False)
         worker.start()
         return worker
@@ -141,8 +145,9 @@ def _supervise(settings: config.Settings, upstream: client.Credentials) -> int:
 
 
 def _shifted(address: str, offset: int) -> str:
-    """`host:port` moved `offset` ports up: worker i serves its metrics on port + i."""
-    if not address:
+    """`host:port` moved `offset` ports up: worker i serves its metrics (and HTTP) on
+    port + i."""
+    if not address or address == config.OFF:
         return address
     host, _, port = address.rpartition(":")
     return f"{host}:{int(port) + offset}"

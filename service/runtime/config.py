@@ -13,6 +13,7 @@ from service.runtime import logs
 from service.security import sealing
 
 ENV_PREFIX = "EDGEKEYS_"
+OFF = "off"  # an address that is not served
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_address: str = ""
+    http_address: str = "127.0.0.1:8080"
     poll_interval: float = 0.05
     workers: int = 1
     follow: str = ""
@@ -53,6 +55,8 @@ _HELP = {
     "log_format": "text, or json: one JSON object per line",
     "metrics_address": "host:port to serve Prometheus metrics on (/metrics); empty: off. "
     "With --workers N, worker i serves on port + i",
+    "http_address": "host:port to serve HTTP on (REST/JSON, Gcore's v3 API-key routes, the "
+    "console), or off. With --workers N, worker i serves on port + i",
     "poll_interval": "seconds between polls of the store for changes made by other processes",
     "workers": "processes serving the same address (the kernel spreads connections)",
     "follow": "host:port of an upstream edgekeys to follow: a validation-only replica with "
@@ -151,6 +155,10 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
         raise ValueError(f"--metrics-address must be HOST:PORT, not {settings.metrics_address!r}")
     if settings.workers > 1 and settings.metrics_address.endswith(":0"):
         raise ValueError("--workers needs a fixed --metrics-address port, not :0")
+    if settings.http_address != OFF and not _is_host_port(settings.http_address, lowest=0):
+        raise ValueError(f"--http-address must be HOST:PORT or off, not {settings.http_address!r}")
+    if settings.workers > 1 and settings.http_address.endswith(":0"):
+        raise ValueError("--workers needs a fixed --http-address port, not :0")
     if settings.follow and not _is_host_port(settings.follow):
         raise ValueError(f"--follow must be HOST:PORT, not {settings.follow!r}")
     for name in ("failed_validation", "failed_auth"):
@@ -165,12 +173,13 @@ def from_arguments(arguments: argparse.Namespace) -> Settings:
     if settings.encryption_key:
         sealing.parse_key(settings.encryption_key)
     guarded = settings.callers_file or settings.tls_client_ca
-    if not (guarded or settings.insecure or is_loopback(settings.address)):
-        raise ValueError(
-            f"refusing to listen on {settings.address} with no callers file and no mTLS: "
-            "set EDGEKEYS_CALLERS_FILE (or --tls-client-ca), listen on 127.0.0.1, "
-            "or pass --insecure"
-        )
+    for address in (settings.address, settings.http_address):
+        if address != OFF and not (guarded or settings.insecure or is_loopback(address)):
+            raise ValueError(
+                f"refusing to listen on {address} with no callers file and no mTLS: "
+                "set EDGEKEYS_CALLERS_FILE (or --tls-client-ca), listen on 127.0.0.1, "
+                "or pass --insecure"
+            )
     return settings
 
 

@@ -3,6 +3,7 @@ to listen unguarded anywhere but on loopback."""
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 
 import grpc
@@ -64,6 +65,18 @@ def bind(server: grpc.aio.Server, settings: Settings) -> int:
     )
     port = server.add_secure_port(settings.address, credentials)
     return port
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTP listener's TLS, from the same files as gRPC's (checked by `bind`)."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca:
+        context.load_verify_locations(settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def watch(guard: Gate, interval: float = 1.0) -> None:

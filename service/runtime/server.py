@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import grpc
+from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -32,12 +33,14 @@ from service.api.replication import ReplicaStatus, ReplicationService, StoreStat
 from service.api.validation import ValidationService
 from service.api.validator import Validator
 from service.domain.clock import Clock, utc_now
+from service.http.app import Listener, application
+from service.http.transcoding import Transcoder
 from service.replication.feed import Feed
 from service.replication.follower import Follower
 from service.replication.freshness import Freshness
 from service.replication.listener import StoreListener
 from service.runtime import exposure
-from service.runtime.config import Settings
+from service.runtime.config import OFF, Settings
 from service.runtime.metrics import Metrics
 from service.storage.database import (
     NOT_READY,
@@ -112,6 +115,9 @@ class Server:
         )
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
+        self.serving = False  # the overall health: SERVING or not
+        self.http: Listener | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -136,6 +142,14 @@ class Server:
             self.metrics_port = self.metrics.serve(self.settings.metrics_address)
         await self.set_serving(False)
         await self.server.start()
+        if self.settings.http_address != OFF:
+            self.http = Listener(
+                self.http_application(),
+                self.settings.http_address,
+                exposure.tls_context(self.settings),
+                self.settings.shutdown_grace,
+            )
+            self.http_port = await self.http.start(reuse_port=self.settings.workers > 1)
         self._tasks = await self.source.start()
         if self.gate is not None:
             self._tasks.append(asyncio.create_task(exposure.watch(self.gate)))
@@ -156,6 +170,8 @@ class Server:
         for task in self._tasks:
             task.cancel()
         await self.source.stop()
+        if self.http is not None:
+            await self.http.stop()
         await self.inflight.stop(self.server, grace)
         await self.source.close()
         self.metrics.close()
@@ -163,8 +179,14 @@ class Server:
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
+    def http_application(self) -> web.Application:
+        """What the HTTP listener serves: the same wrapped methods as gRPC."""
+        return application(Transcoder(self.calls.methods.values()), lambda: self.serving, {})
+
     async def set_serving(self, serving: bool, services: Iterable[str] = ()) -> None:
         """Health of the whole server (and each service), or of `services` alone."""
+        if not services:
+            self.serving = serving
         status = health_pb2.HealthCheckResponse
         for service in services or ("", *self.services):
             await self.health.set(service, status.SERVING if serving else status.NOT_SERVING)

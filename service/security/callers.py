@@ -163,7 +163,7 @@ def _caller(table: Any, where: str) -> tuple[Caller, bytes | None, str | None]:
             f"{where}: unknown roles {', '.join(sorted(unknown))}; known: {', '.join(ROLES)}"
         )
     projects = _strings(table.get("projects"), f"{where}: projects")
-    if bad := {p for p in projects if p != ALL and not names.is_id(p)}:
+    if bad := {p for p in projects if p != ALL and not names.is_project(p)}:
         raise ValueError(f"{where}: projects must be project IDs or {ALL!r}, not {sorted(bad)}")
     return Caller(name, roles, projects), digest, subject
 
@@ -290,11 +290,15 @@ def _unauthenticated(message: str) -> CallerRejected:
     return CallerRejected(grpc.StatusCode.UNAUTHENTICATED, "CALLER_UNAUTHENTICATED", message)
 
 
+# `Authorization: Bearer TOKEN`, or `APIKey TOKEN` as Gcore's SDK sends it.
+_SCHEMES = frozenset({"bearer", "apikey"})
+
+
 def _bearer(metadata: Sequence[tuple[str, Any]]) -> str | None:
     for key, value in metadata:
         if key == "authorization":
             scheme, _, token = str(value).partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
+            return token.strip() if scheme.lower() in _SCHEMES else ""
     return None
 
 

@@ -42,9 +42,11 @@ class ServeProcess:
         """`database`: a SQLite file, or a database URL."""
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.http_port = free_port()
         self.env = {
             **os.environ,
             "EDGEKEYS_ADDRESS": self.address,
+            "EDGEKEYS_HTTP_ADDRESS": f"127.0.0.1:{self.http_port}",
             "EDGEKEYS_DATABASE_URL": (
                 database if isinstance(database, str) else f"sqlite:///{database}"
             ),
