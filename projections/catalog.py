@@ -279,19 +279,20 @@ class Catalog:
             rows = conn.execute(sa.select(keys.c.id).where(keys.c.purge_time.is_not(None)))
             return {UUID(row.id) for row in rows}
 
+    def get(self, name: str) -> KeyRecord | None:
+        """The key named `name` (deleted keys too), with its last use."""
+        return self._one(keys.c.name == name)
+
     def lookup(self, digest: bytes) -> KeyRecord | None:
         """The key whose secret, or whose secret before its last rotation, has `digest`."""
-        query = sa.select(keys).where(
+        return self._one(
             sa.or_(keys.c.secret_sha256 == digest, keys.c.previous_secret_sha256 == digest)
         )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else _record(row, self.words)
 
-    def last_use(self, name: str) -> datetime | None:
+    def _one(self, where: sa.ColumnElement[bool]) -> KeyRecord | None:
         with self.engine.connect() as conn:
-            found = conn.execute(sa.select(keys.c.last_use_time).where(keys.c.name == name))
-            return _utc(found.scalar())
+            row = conn.execute(sa.select(keys).where(where)).mappings().first()
+        return None if row is None else _record(row, self.words)
 
     def record_use(self, uses: dict[str, datetime]) -> None:
         """Keys' last successful validations (name → when); a later one already

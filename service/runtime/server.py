@@ -141,8 +141,7 @@ class Server:
         if self.settings.metrics_address:
             self.metrics_port = self.metrics.serve(self.settings.metrics_address)
         await self.set_serving(False)
-        await self.server.start()
-        if self.settings.http_address != OFF:
+        if self.settings.http_address != OFF:  # before gRPC starts: a port taken stops us
             self.http = Listener(
                 self.http_application(),
                 self.settings.http_address,
@@ -150,6 +149,7 @@ class Server:
                 self.settings.shutdown_grace,
             )
             self.http_port = await self.http.start(reuse_port=self.settings.workers > 1)
+        await self.server.start()
         self._tasks = await self.source.start()
         if self.gate is not None:
             self._tasks.append(asyncio.create_task(exposure.watch(self.gate)))

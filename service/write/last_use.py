@@ -22,10 +22,6 @@ class LastUse:
         self.interval = interval
         self.pending: dict[str, datetime] = {}  # key name → last ALLOWED, not yet written
 
-    def of(self, name: str) -> datetime | None:
-        """The latest use known here, reading the catalog."""
-        return self.latest(name, self.catalog.last_use(name))
-
     def latest(self, name: str, recorded: datetime | None) -> datetime | None:
         """The later of the use `recorded` in the catalog and one noted here since."""
         noted = self.pending.get(name)

@@ -38,7 +38,7 @@ def test_a_replica_is_not_serving_until_its_projections_have_caught_up(
 
     monkeypatch.setattr(Projector, "catch_up", held_back)
     address = f"127.0.0.1:{free_port()}"
-    settings = Settings(address=address, database_url=f"sqlite:///{database}")
+    settings = Settings(address=address, database_url=f"sqlite:///{database}", http_address="off")
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 

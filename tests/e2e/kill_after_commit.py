@@ -35,7 +35,7 @@ POINTS: dict[str, tuple[type, str, Any]] = {
 
 
 async def main(database_url: str, point: str) -> None:
-    server = Server(Settings(address="127.0.0.1:0", database_url=database_url))
+    server = Server(Settings(address="127.0.0.1:0", database_url=database_url, http_address="off"))
     await server.store.writer.run(
         server.store.keys.create_key, "acme", "before-crash", "a", "", [LLAMA], None
     )

@@ -90,6 +90,7 @@ async def main(database_url: str, port: str, point: str) -> None:
     settings = Settings(
         address=f"127.0.0.1:{port}",
         database_url=database_url,
+        http_address="off",
         encryption_key=os.environ.get("EDGEKEYS_ENCRYPTION_KEY", ""),
     )
     server = Server(settings)

@@ -41,6 +41,9 @@ def store(url: str) -> list[str]:
         (["--metrics-address", "9100"], "--metrics-address must be HOST:PORT"),
         (["--workers", "2", "--metrics-address", "127.0.0.1:0"], "fixed --metrics-address"),
         (["--log-format", "xml"], "--log-format must be text or json"),
+        (["--http-address", "8080"], "--http-address must be HOST:PORT or off"),
+        (["--workers", "2", "--http-address", "127.0.0.1:0"], "fixed --http-address"),
+        (["--http-address", "0.0.0.0:8080"], "refusing to listen on 0.0.0.0:8080"),
     ],
 )
 def test_settings_that_cannot_be_used_are_one_clear_line(flags: list[str], expected: str) -> None:
@@ -55,9 +58,17 @@ def test_a_metrics_port_already_taken_is_one_clear_line() -> None:
         refused(["--metrics-address", address], f"cannot serve metrics on {address}")
 
 
+def test_an_http_port_already_taken_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        refused(["--http-address", address], f"cannot serve HTTP on {address}")
+
+
 def refused(flags: list[str], expected: str) -> None:
     done = subprocess.run(
-        [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0", *flags],
+        [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0", "--http-address", "off", *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -85,7 +96,7 @@ def test_a_store_is_served_only_with_the_key_it_was_written_with(tmp_path: Path)
     ]
     for name, given, expected in cases:
         done = subprocess.run(
-            [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0"],
+            [BIN / "edgekeys", "serve", "--address", "127.0.0.1:0", "--http-address", "off"],
             env={
                 **os.environ,
                 "EDGEKEYS_DATABASE_URL": f"sqlite:///{tmp_path / name}.db",
