@@ -84,7 +84,7 @@ def application(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/openapi.json", document)
-    app.router.add_route("*", "/v1/{tail:.*}", transcoder)
+    app.router.add_route("*", "/v1/{tail:.*}", transcoder.handle)
     return app
 
 

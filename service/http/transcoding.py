@@ -99,7 +99,8 @@ class Transcoder:
     def __init__(self, methods: Iterable[Method]) -> None:
         self.bindings = bindings(methods)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer a request under /v1/ by the binding it matches."""
         path = request.rel_url.raw_path
         allowed = set()
         for binding in self.bindings:

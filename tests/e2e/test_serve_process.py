@@ -3,10 +3,13 @@
 import json
 import re
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 import grpc
+import pytest
 
 from edgekeys.v1 import api_keys_pb2 as pb
 from edgekeys.v1 import api_keys_pb2_grpc, validation_pb2_grpc
@@ -169,10 +172,19 @@ def test_json_logs_are_one_object_per_line_with_the_call_and_the_change(tmp_path
                 request_id=request_id,
             )
         )
+        http = f"http://127.0.0.1:{node.process.http_port}"
+        leaked = f"{http}/v1/{created.api_key.name}?secret={created.secret}"
+        with pytest.raises(urllib.error.HTTPError) as refused:  # a secret in a URL, by mistake
+            urllib.request.urlopen(leaked, timeout=10)
+        assert refused.value.code == 400
     finally:
         assert node.process.stop() == 0
         node.channel.close()
     entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["message"] == f"HTTP on {http}/" for e in entries)  # the start names its URL
+    assert {"logger": "edgekeys.http", "method": "GET", "status": 400}.items() <= next(
+        e for e in entries if e["logger"] == "edgekeys.http"
+    ).items()
     assert {"time", "level", "logger", "message"} <= entries[0].keys()
     name = created.api_key.name
     shared = {"key": name, "request_id": request_id}

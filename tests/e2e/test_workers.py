@@ -134,3 +134,9 @@ def test_each_worker_serves_its_own_metrics_on_the_next_port(workers: ServeProce
     assert sum(malformed) == calls
     for channel in channels:
         channel.close()
+
+
+def test_each_worker_serves_http_on_the_next_port(workers: ServeProcess) -> None:
+    for worker in range(2):
+        url = f"http://127.0.0.1:{workers.http_port + worker}/healthz"
+        assert '"SERVING"' in eventually_read(url)
