@@ -327,6 +327,25 @@ def test_the_secret_it_returned_passes_validation_once_attached(
     assert verdict() == vpb.VERDICT_ALLOWED
 
 
+def test_the_readmes_example_runs_as_it_stands(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Using Gcore's SDK\n")[1].split("\n## ")[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
+    clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC))  # before the example's expiry
+    running = RunningServer(
+        tmp_path / "edgekeys.db", clock, options={"http_address": "127.0.0.1:0"}
+    )
+    try:
+        url = f"http://127.0.0.1:{running.start().server.http_port}"
+        printed: list[str] = []
+        example = code.replace("http://127.0.0.1:8080", url)
+        exec(example, {"print": lambda *args: printed.append(" ".join(map(str, args)))})
+    finally:
+        running.stop()
+    assert SECRET.fullmatch(printed[0])
+    assert printed[1:] == ["portal-prod [] 2027-01-31T00:00:00Z"]
+
+
 # --- callers ----------------------------------------------------------------------------
 
 
