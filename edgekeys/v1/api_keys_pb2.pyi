@@ -88,7 +88,7 @@ class GetApiKeyResponse(_message.Message):
     def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
 
 class ListApiKeysRequest(_message.Message):
-    __slots__ = ("parent", "page_size", "page_token", "deployment", "show_deleted", "expire_before", "order_by")
+    __slots__ = ("parent", "page_size", "page_token", "deployment", "show_deleted", "expire_before", "order_by", "skip")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class ListApiKeysRequest(_message.Message):
     SHOW_DELETED_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_BEFORE_FIELD_NUMBER: _ClassVar[int]
     ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
     parent: str
     page_size: int
     page_token: str
@@ -103,15 +104,18 @@ class ListApiKeysRequest(_message.Message):
     show_deleted: bool
     expire_before: _timestamp_pb2.Timestamp
     order_by: str
-    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., deployment: _Optional[str] = ..., show_deleted: _Optional[bool] = ..., expire_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., order_by: _Optional[str] = ...) -> None: ...
+    skip: int
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., deployment: _Optional[str] = ..., show_deleted: _Optional[bool] = ..., expire_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., order_by: _Optional[str] = ..., skip: _Optional[int] = ...) -> None: ...
 
 class ListApiKeysResponse(_message.Message):
-    __slots__ = ("api_keys", "next_page_token")
+    __slots__ = ("api_keys", "next_page_token", "total_size")
     API_KEYS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     api_keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
     next_page_token: str
-    def __init__(self, api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    total_size: int
+    def __init__(self, api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_size: _Optional[int] = ...) -> None: ...
 
 class UpdateApiKeyRequest(_message.Message):
     __slots__ = ("api_key", "update_mask", "request_id")

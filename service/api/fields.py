@@ -116,6 +116,13 @@ def page_size(value: int, default: int = DEFAULT_PAGE_SIZE) -> int:
     return min(value or default, MAX_PAGE_SIZE)
 
 
+def skip(value: int) -> int:
+    """How many results to skip (AIP-158)."""
+    if value < 0:
+        raise InvalidArgument("skip", "must not be negative")
+    return value
+
+
 def encode_page_token(position: int, query: Mapping[str, object], at: int | None = None) -> str:
     """An opaque token: where the page ended (a store position, and for pages in
     another order the sort value there, `at`), bound to the query it belongs to."""

@@ -26,6 +26,7 @@ from service.write.writer import Writer
 
 UPDATABLE = frozenset({"display_name", "description", "expire_time"})
 ORDERS = frozenset({"", "create_time", "expire_time"})
+MAX_INT32 = 2**31 - 1  # total_size's limit
 
 
 def _request(request: Message) -> Request:
@@ -120,16 +121,26 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
             "order_by": request.order_by,
         }
         after, at = fields.decode_page_cursor(request.page_token, query)
-        records = await asyncio.to_thread(
-            self.catalog.list,
-            project,
-            after=after,
-            limit=size + 1,
-            deployment=request.deployment,
-            show_deleted=request.show_deleted,
-            expire_before=expire_before,
-            by_expiry=by_expiry,
-            after_expiry=None if at is None else from_micros(at),
+        skip = fields.skip(request.skip)
+        filters: dict[str, Any] = {
+            "deployment": request.deployment,
+            "show_deleted": request.show_deleted,
+            "expire_before": expire_before,
+            "by_expiry": by_expiry,
+        }
+        after_expiry = None if at is None else from_micros(at)
+        records, total = await asyncio.to_thread(
+            lambda: (
+                self.catalog.list(
+                    project,
+                    after=after,
+                    limit=size + 1,
+                    skip=skip,
+                    after_expiry=after_expiry,
+                    **filters,
+                ),
+                self.catalog.count(project, **filters),
+            )
         )
         page = records[:size]
         token = ""
@@ -142,6 +153,7 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
                 api_key_message(r, self.last_use.latest(r.name, r.last_use_time)) for r in page
             ],
             next_page_token=token,
+            total_size=min(total, MAX_INT32),
         )
 
     async def UpdateApiKey(

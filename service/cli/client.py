@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
+from service.domain.clock import written_moment
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -173,10 +174,9 @@ def _channel(server: str, credentials: grpc.ChannelCredentials | None) -> grpc.C
 def moment(text: str) -> datetime:
     """A date (00:00 UTC that day) or an ISO 8601 moment (UTC unless it says)."""
     try:
-        parsed = datetime.fromisoformat(text)
+        return written_moment(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date or ISO time: {text!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def checkpoint(text: str) -> apb.Checkpoint:

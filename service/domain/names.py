@@ -55,6 +55,12 @@ def key_project(name: str) -> str:
     return name.split("/", 2)[1]
 
 
+def last_id(name: str) -> str:
+    """The ID a well-formed resource name ends with (a key's, a deployment's): what
+    Gcore's API calls a key's or a deployment's name."""
+    return name.rsplit("/", 1)[-1]
+
+
 def deployment_project(name: str) -> str | None:
     """The project of a deployment name, or None when malformed."""
     match = _DEPLOYMENT.fullmatch(name)

@@ -177,7 +177,7 @@ async def _message(binding: Binding, values: tuple[str, ...], request: web.Reque
     message = GetMessageClass(binding.input)()
     bound = {field.split(".")[0] for field in binding.variables}
     if binding.body:
-        body = await _body(request)
+        body = await json_body(request)
         within = "" if binding.body == "*" else binding.body
         for variable in binding.variables:  # a field in the path is never in the body too
             if _in_json(body, message.DESCRIPTOR, variable.split("."), within):
@@ -201,7 +201,7 @@ async def _message(binding: Binding, values: tuple[str, ...], request: web.Reque
     return message
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     """The JSON object the body holds ({} when there is none)."""
     if not request.can_read_body:
         return {}

@@ -34,6 +34,7 @@ from service.api.validation import ValidationService
 from service.api.validator import Validator
 from service.domain.clock import Clock, utc_now
 from service.http.app import Listener, application
+from service.http.gcore import with_gcore_routes
 from service.http.transcoding import Transcoder
 from service.replication.feed import Feed
 from service.replication.follower import Follower
@@ -181,7 +182,8 @@ class Server:
 
     def http_application(self) -> web.Application:
         """What the HTTP listener serves: the same wrapped methods as gRPC."""
-        return application(Transcoder(self.calls.methods.values()), lambda: self.serving, {})
+        app = application(Transcoder(self.calls.methods.values()), lambda: self.serving, {})
+        return with_gcore_routes(app, self.calls.methods)
 
     async def set_serving(self, serving: bool, services: Iterable[str] = ()) -> None:
         """Health of the whole server (and each service), or of `services` alone."""

@@ -568,6 +568,46 @@ def test_list_shows_deleted_keys_only_when_asked(running: RunningServer) -> None
     assert names_of(list_keys(running, deployment=LLAMA, show_deleted=True)) == [kept, gone]
 
 
+def test_total_size_counts_every_key_the_filters_match_on_every_page(
+    running: RunningServer,
+) -> None:
+    names = [running.create(deployments=(LLAMA,)).api_key.name for _ in range(4)]
+    running.create(deployments=(MISTRAL,))
+    delete(running, names[3])
+    running.create(parent="projects/globex", deployments=())
+
+    first = list_keys(running, page_size=2)
+    rest = list_keys(running, page_size=2, page_token=first.next_page_token)
+    assert (first.total_size, rest.total_size) == (4, 4)
+    assert list_keys(running, deployment=LLAMA).total_size == 3
+    assert list_keys(running, deployment=LLAMA, show_deleted=True).total_size == 4
+    assert list_keys(running, parent="projects/nobody").total_size == 0
+
+
+def test_skip_leaves_out_that_many_keys_after_the_page_token(running: RunningServer) -> None:
+    names = []
+    for i in range(7):
+        names.append(running.create(display_name=f"key {i}").api_key.name)
+        running.clock.advance(seconds=1)
+
+    def listed(**fields: object) -> pb.ListApiKeysResponse:
+        reply: pb.ListApiKeysResponse = running.keys.ListApiKeys(
+            pb.ListApiKeysRequest(parent=PROJECT, **fields)  # type: ignore[arg-type]
+        )
+        return reply
+
+    assert names_of(listed(skip=2, page_size=2)) == names[2:4]
+    first = listed(page_size=2)
+    # skip is not part of the query a token is bound to: it counts from the token on
+    after_token = listed(page_size=2, skip=1, page_token=first.next_page_token)
+    assert names_of(after_token) == names[3:5]
+    assert names_of(listed(page_size=2, page_token=after_token.next_page_token)) == names[5:7]
+    beyond = listed(skip=7)
+    assert (names_of(beyond), beyond.next_page_token, beyond.total_size) == ([], "", 7)
+    code, _ = failure(lambda: listed(skip=-1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 # --- restart ------------------------------------------------------------------------------
 
 

@@ -276,6 +276,7 @@ class RunningFollower:
             http_address="off",
             max_staleness=max_staleness,
             metrics_address=metrics_address,
+            http_address="off",  # else two followers in one test race for the default port
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

@@ -437,3 +437,32 @@ def test_paging_skips_other_projects_and_deleted_keys_without_losing_any(
     assert [name for page in pages for name in names(page)] == [
         str(KeyName("acme", f"key-{n:02d}")) for n in (1, 2, 5, 7, 8)
     ]
+
+
+def test_count_and_skip_agree_with_the_pages_of_list(catalog: Catalog, log: Log) -> None:
+    kept = [new_key(f"key-{n:02d}") for n in range(5)]
+    gone, other = new_key("key-gone"), new_key("key-else", (), project="globex")
+    catalog.process(log.take(*kept, gone, other))
+    gone.delete(**later(1))
+    catalog.process(log.take(gone))
+
+    assert catalog.count("acme") == 5
+    assert catalog.count("acme", show_deleted=True) == 6
+    assert catalog.count("acme", deployment=MISTRAL) == 0
+    skipped = catalog.list("acme", after=0, limit=2, skip=3)
+    assert names(skipped) == names(all_of(catalog))[3:5]
+
+
+def test_an_existing_catalog_gets_the_live_keys_index_without_a_rebuild(
+    engine: Engine, catalog: Catalog, log: Log
+) -> None:
+    catalog.process(log.take(new_key("key-01")))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX catalog_api_keys_live")  # as a v4 catalog had it
+
+    reopened = Catalog(engine)
+
+    assert "catalog_api_keys_live" in {
+        i["name"] for i in sa.inspect(engine).get_indexes("catalog_api_keys")
+    }
+    assert (reopened.position, names(all_of(reopened))) == (1, ["projects/acme/apiKeys/key-01"])
