@@ -273,7 +273,6 @@ class RunningFollower:
         settings = Settings(
             address="127.0.0.1:0",
             follow=self.upstream,
-            http_address="off",
             max_staleness=max_staleness,
             metrics_address=metrics_address,
             http_address="off",  # else two followers in one test race for the default port
