@@ -52,7 +52,8 @@ class Refusal(Exception):  # not frozen: raising sets __traceback__
         for detail in body["error"]["details"]:
             reason = detail.get("reason", reason)
             for violation in detail.get("fieldViolations", ()):
-                fields[violation["field"]] = violation["description"]
+                field_name, description = violation["field"], violation["description"]
+                fields[field_name] = description.removeprefix(f"{field_name}: ")
         return cls(status, aborted.status.code, reason, aborted.status.details, fields)
 
 

@@ -255,7 +255,7 @@ async def lookup(request: web.Request) -> web.StreamResponse:
     except Refusal as refusal:
         if refusal.status not in (400, 404):
             raise
-        error, status = refusal.message, refusal.status
+        error, status = refusal.fields.get("secret", refusal.message), refusal.status
     return console.render(request, "lookup.html", status, key=key, error=error)
 
 

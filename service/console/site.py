@@ -20,6 +20,8 @@ from service.security.callers import ANONYMOUS, Caller, CallerRejected, Gate
 ROOT = "/console"
 STATIC = f"{ROOT}/static/"
 COOKIE = "edgekeys_console"
+HTMX = "htmx-2.0.11.min.js"  # npm htmx.org 2.0.11, dist/htmx.min.js, as published
+HTMX_SHA256 = "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717"
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 SESSION = web.RequestKey("session", Session)
 CALLER = web.RequestKey("caller", Caller)
@@ -64,6 +66,7 @@ class Console:
         )
         self.templates.globals["static"] = self.static_url
         self.templates.globals["root"] = ROOT
+        self.templates.globals["htmx"] = HTMX
 
     def static_url(self, name: str) -> str:
         return f"{STATIC}{name}?v={self.assets[name].etag}"

@@ -108,14 +108,22 @@ class Console:
         )
         self.contexts.append(context)
         page = context.new_page()
-        page.on(
-            "console",
-            lambda m: self.errors.append(f"{m.text} ({m.location})") if m.type == "error" else None,
-        )
+        page.on("console", self._console_message)
         page.on("pageerror", lambda e: self.errors.append(f"{e.name}: {e.message}"))
         page.set_default_timeout(10_000)
         page.goto(path)
         return page
+
+    def _console_message(self, message: Any) -> None:
+        """A JavaScript error, or an asset that failed to load. (An error page that a
+        test opens on purpose also logs "Failed to load resource": that is no error
+        of the page's.)"""
+        if message.type != "error":
+            return
+        url = message.location.get("url", "")
+        if message.text.startswith("Failed to load resource") and "/static/" not in url:
+            return
+        self.errors.append(f"{message.text} ({url})")
 
     def sign_in(self, caller: Caller, path: str = "/console/", **options: Any) -> Any:
         page = self.open(path, **options)

@@ -122,9 +122,18 @@
   });
 
   document.addEventListener("change", (event) => {
+    if (event.target.matches("[data-autosubmit]")) event.target.form.requestSubmit();
+  });
+
+  // Leaving Inference instances selects what was typed; but not when the focus goes to
+  // a button (Create, Save): chips added then would move the button under the
+  // pointer and the click would miss it. The submit below selects them instead.
+  document.addEventListener("focusout", (event) => {
     const input = event.target;
-    if (input.matches("[data-chips]")) addChips(input);
-    if (input.matches("[data-autosubmit]")) input.form.requestSubmit();
+    if (!input.matches || !input.matches("[data-chips]")) return;
+    const next = event.relatedTarget;
+    if (next && next.matches("button")) return;
+    addChips(input);
   });
 
   document.addEventListener("input", (event) => {
