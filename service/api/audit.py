@@ -2,7 +2,7 @@
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 from eventsourcing.persistence import Notification
@@ -51,13 +51,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         )
         if not found and not after:
             raise KeyNotFound(f"{name} does not exist")
-        page = found[:size]
-        return apb.ListApiKeyEventsResponse(
-            events=[self._event(entry, row) for entry, row in page],
-            next_page_token=(
-                fields.encode_page_token(page[-1][0].position, query) if len(found) > size else ""
-            ),
-        )
+        events, token = self._page(found, size, query)
+        return apb.ListApiKeyEventsResponse(events=events, next_page_token=token)
 
     async def GetApiKeyRevision(
         self, request: apb.GetApiKeyRevisionRequest, context: grpc.aio.ServicerContext
@@ -118,13 +113,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             start_time=start_time,
             end_time=end_time,
         )
-        page = found[:size]
-        return apb.ListEventsResponse(
-            events=[self._event(entry, row) for entry, row in page],
-            next_page_token=(
-                fields.encode_page_token(page[-1][0].position, query) if len(found) > size else ""
-            ),
-        )
+        events, token = self._page(found, size, query)
+        return apb.ListEventsResponse(events=events, next_page_token=token)
 
     async def WatchEvents(
         self, request: apb.WatchEventsRequest, context: grpc.aio.ServicerContext
@@ -176,6 +166,15 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             checkpoint=apb.Checkpoint(position=result.head_position, digest=result.head_link.hex()),
             problem=result.problem,
         )
+
+    def _page(
+        self, found: list[tuple[Entry, Notification]], size: int, query: Mapping[str, object]
+    ) -> tuple[list[apb.AuditEvent], str]:
+        """A page of events (of `size + 1` found, the extra one saying there is more)
+        and the token of the next page ("" for none)."""
+        page = found[:size]
+        token = fields.encode_page_token(page[-1][0].position, query) if len(found) > size else ""
+        return [self._event(entry, row) for entry, row in page], token
 
     def _event(self, entry: Entry, row: Notification) -> apb.AuditEvent:
         event = self.keys.mapper.to_domain_event(row)
