@@ -41,6 +41,7 @@ CSP = (
     "object-src 'none'"
 )
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_ARRIVED = "arrived"  # marks the same-site reload of an arrival from another site
 _OPEN = frozenset({f"{ROOT}/signin"})  # reachable without signing in
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -121,8 +122,11 @@ def _sessions(console: Console) -> Middleware:
         if session is None:
             if cookie is None and _arrives_from_another_site(request):
                 # The browser held the SameSite=Strict cookie back: a reload from this
-                # site brings it, where a new session would have replaced it.
-                return console.render(request, "bounce.html")
+                # site brings it, where a new session would have replaced it (once:
+                # the reload is marked, so it can never loop).
+                query = request.query_string
+                target = f"{request.path}?{query}{'&' if query else ''}{_ARRIVED}=1"
+                return console.render(request, "bounce.html", target=target)
             started, session = console.sessions.start()
         request[SESSION] = session
         if request.method not in _SAFE:
@@ -142,7 +146,11 @@ def _sessions(console: Console) -> Middleware:
 
 
 def _arrives_from_another_site(request: web.Request) -> bool:
-    return request.method == "GET" and request.headers.get("sec-fetch-site") == "cross-site"
+    return (
+        request.method == "GET"
+        and request.headers.get("sec-fetch-site") == "cross-site"
+        and _ARRIVED not in request.query
+    )
 
 
 async def _check_csrf(request: web.Request, expected: str) -> None:

@@ -153,6 +153,7 @@ def history(events: Iterable[apb.AuditEvent]) -> list[HistoryRow]:
     events before it."""
     rows: list[HistoryRow] = []
     state = {"Name": "", "Description": "", "Expiration": "Never expire", "Secret": ""}
+    # (the instances are not in `state`: attach and detach name the one they change)
     for event in events:
         kind = event.WhichOneof("values")
         changes: list[Change] = []
@@ -161,12 +162,11 @@ def history(events: Iterable[apb.AuditEvent]) -> list[HistoryRow]:
             new = {
                 "Name": values.display_name,
                 "Description": values.description,
+                "Inference instances": ", ".join(deployment_ids(values.deployments)) or "none",
                 "Expiration": _expiry_text(values.expire_time, values.HasField("expire_time")),
                 "Secret": values.secret_hint,
             }
             changes = [Change(what, None, value) for what, value in new.items() if value]
-            instances = ", ".join(deployment_ids(values.deployments))
-            changes.insert(2, Change("Inference instances", None, instances or "none"))
             state.update(new)
         elif kind == "details_changed":
             details = event.details_changed

@@ -161,3 +161,20 @@ def test_without_a_callers_file_no_sign_in_is_asked(console: Console) -> None:
     page.get_by_label("Project ID").fill("acme")
     page.get_by_role("button", name="Open project").click()
     expect(page.get_by_role("heading", name="Project acme")).to_be_visible()
+
+
+def test_an_arrival_from_another_site_reloads_once_to_bring_the_strict_cookie(
+    console: Console,
+) -> None:
+    fresh = console.browser.new_context(base_url=console.url)
+    console.contexts.append(fresh)
+    arrival = fresh.request.get(
+        "/console/projects/acme/apiKeys?show_deleted=on", headers={"sec-fetch-site": "cross-site"}
+    )
+    assert 'url=/console/projects/acme/apiKeys?show_deleted=on&amp;arrived=1"' in arrival.text()
+    assert "set-cookie" not in arrival.headers  # no new session over the one held back
+    reloaded = fresh.request.get(
+        "/console/projects/acme/apiKeys?show_deleted=on&arrived=1",
+        headers={"sec-fetch-site": "cross-site"},
+    )
+    assert "API keys" in reloaded.text()  # marked: never a second bounce
