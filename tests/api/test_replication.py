@@ -275,6 +275,7 @@ class RunningFollower:
             follow=self.upstream,
             max_staleness=max_staleness,
             metrics_address=metrics_address,
+            http_address="off",  # two followers in one test: no port both would want
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
