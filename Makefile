@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test crash-test fuzz lint protos bench bench-scale soak bench-tools clean
+.PHONY: run test crash-test fuzz lint protos bench bench-console bench-scale soak bench-tools clean
 
 run: $(INSTALLED)
 	$(BIN)/edgekeys serve
@@ -43,6 +43,12 @@ bench: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.replicas
+
+# The console: the API keys page's server time with 1,000 keys, and ValidateApiKey /
+# Health while a headless browser walks the console (Debian's chromium).
+bench-console: $(INSTALLED) bench-tools
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	$(BIN)/python -m bench.console
 
 # 1,000,000 keys in PostgreSQL: a new replica's start and memory, writes at that size.
 # Long (45 minutes here), so in neither `make test` nor `make bench`.

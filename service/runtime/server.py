@@ -32,6 +32,7 @@ from service.api.keys import ApiKeyService
 from service.api.replication import ReplicaStatus, ReplicationService, StoreStatus
 from service.api.validation import ValidationService
 from service.api.validator import Validator
+from service.console import app as console
 from service.domain.clock import Clock, utc_now
 from service.http.app import Listener, application
 from service.http.gcore import with_gcore_routes
@@ -76,6 +77,7 @@ class Server:
         upstream_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.stopping = threading.Event()  # set by stop(): long work gives up
         self.metrics = Metrics()
         self.index = ValidationIndex()
@@ -181,8 +183,10 @@ class Server:
         await self.server.wait_for_termination()
 
     def http_application(self) -> web.Application:
-        """What the HTTP listener serves: the same wrapped methods as gRPC."""
+        """What the HTTP listener serves: the same wrapped methods as gRPC, for REST,
+        Gcore's routes and the console's pages."""
         app = application(Transcoder(self.calls.methods.values()), lambda: self.serving, {})
+        console.mount(app, self.calls.methods, self.gate, self.clock, self.settings.workers)
         return with_gcore_routes(app, self.calls.methods)
 
     async def set_serving(self, serving: bool, services: Iterable[str] = ()) -> None:

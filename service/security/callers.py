@@ -250,15 +250,7 @@ class Gate:
         try:
             caller = self._authenticate(context)
         except CallerRejected:
-            if self.failures is not None:
-                peer = _host(context.peer())
-                if self.failures.limited(peer):
-                    raise CallerRejected(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "TOO_MANY_FAILED_AUTHENTICATIONS",
-                        "too many failed authentications from this address; retry later",
-                    ) from None
-                self.failures.failed(peer)
+            self._failed(context)
             raise
         if role not in caller.roles:
             raise CallerRejected(
@@ -269,12 +261,40 @@ class Gate:
         _current.set(caller)
         return caller
 
+    def identify(self, context: grpc.aio.ServicerContext) -> Caller:
+        """The caller of a request, whatever its roles (the console's sign-in and
+        pages); a failure counts toward the same limit as a refused RPC's."""
+        try:
+            return self._authenticate(context)
+        except CallerRejected:
+            self._failed(context)
+            raise
+
+    def _failed(self, context: grpc.aio.ServicerContext) -> None:
+        if self.failures is not None:
+            peer = _host(context.peer())
+            if self.failures.limited(peer):
+                raise CallerRejected(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_FAILED_AUTHENTICATIONS",
+                    "too many failed authentications from this address; retry later",
+                ) from None
+            self.failures.failed(peer)
+
     def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         token = _bearer(context.invocation_metadata() or ())
         if token is not None:
             found = self.callers.by_token.get(_DIGEST(token.encode()).digest())
             if found is None:
                 raise _unauthenticated("the bearer token is not one of a known caller")
+            return found
+        # The console's caller: the digest of the token typed at sign-in, which its
+        # session keeps instead of the token (an attribute of the console's own
+        # context, so no metadata can set it).
+        signed_in = getattr(context, "token_digest", None)
+        if signed_in is not None:
+            if (found := self.callers.by_token.get(signed_in)) is None:
+                raise _unauthenticated("no caller in the callers file has this token")
             return found
         subject = _subject(context)
         if subject is not None:
@@ -284,6 +304,11 @@ class Gate:
                 return found
             raise _unauthenticated(f"no caller has the certificate subject {subject!r}")
         raise _unauthenticated("send 'authorization: Bearer TOKEN' metadata")
+
+
+def digest(token: str) -> bytes:
+    """The SHA-256 of a caller token: what the callers file and sessions keep."""
+    return _DIGEST(token.encode()).digest()
 
 
 def _unauthenticated(message: str) -> CallerRejected:
