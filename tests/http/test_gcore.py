@@ -5,6 +5,7 @@ through the same methods (and so the same rules, callers and history) as gRPC.""
 import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,9 @@ def test_the_async_client_auto_pages_too(server: RunningServer) -> None:
         async with client:
             return [k.name async for k in client.cloud.inference.api_keys.list(limit=2)]
 
-    assert asyncio.run(walk()) == ["async-0", "async-1", "async-2"]
+    # On a thread of its own: the browser tests' Playwright may hold this thread's loop.
+    with ThreadPoolExecutor(1) as thread:
+        assert thread.submit(asyncio.run, walk()).result(60) == ["async-0", "async-1", "async-2"]
 
 
 # --- Gcore's rules and refusals ---------------------------------------------------------
