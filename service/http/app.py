@@ -10,6 +10,7 @@ console). Every error is a JSON body in Google's shape; no request body is read 
 """
 
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,8 +18,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from service.domain import keyformat
 from service.http.errors import http_error
 from service.http.transcoding import Transcoder
+from service.security import callers
 
 MAX_BODY = 1024 * 1024  # bytes
 access = logging.getLogger("edgekeys.http")  # one line per HTTP request
@@ -26,15 +29,31 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# A path segment logged as it is: what IDs, numbers, custom verbs and our own routes are
+# made of. Anything else (a secret or token pasted into a URL) is logged as "(malformed)".
+_SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(?::[A-Za-z]{1,40})?|")
+_SECRETS = (keyformat.PREFIX, callers.TOKEN_PREFIX)
+
+
+def logged_path(path: str) -> str:
+    """The path for the access log, a segment at a time: each one is a name, or is
+    "(malformed)", as `edgekeys.calls` logs a name field."""
+    return "/".join(
+        part if _SEGMENT.fullmatch(part) and not part.startswith(_SECRETS) else "(malformed)"
+        for part in path.split("/")
+    )
+
+
 class AccessLog(AbstractAccessLogger):
-    """Method, path (never the query string: a secret sent there by mistake stays out),
-    status, duration; at INFO, as `edgekeys.calls` lines are."""
+    """Method, path (never the query string, and no segment that is not a name: a secret
+    sent there by mistake stays out), status, duration; at INFO, as `edgekeys.calls`
+    lines are."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         if access.isEnabledFor(logging.INFO):
             fields = {
                 "method": request.method,
-                "path": request.path,
+                "path": logged_path(request.path),
                 "status": response.status,
                 "duration_ms": round(elapsed * 1000, 2),
             }

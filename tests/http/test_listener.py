@@ -72,20 +72,6 @@ def authority(tmp_path: Path) -> Authority:
     return Authority(tmp_path)
 
 
-@pytest.fixture
-def guarded(
-    tmp_path: Path, serving: Callable[..., RunningServer]
-) -> tuple[RunningServer, dict[str, str]]:
-    """A server with a callers file: an admin and auditor of acme, and a gateway."""
-    tokens, tables = {}, []
-    for name, roles in (("portal", ["admin", "auditor"]), ("edge", ["gateway"])):
-        token, digest = callers.new_token()
-        tokens[name] = token
-        tables.append(callers.caller_table(name, digest, roles, ["acme"], None))
-    server = serving(callers_file=callers_file(tmp_path, *tables), **ON)
-    return server, tokens
-
-
 def test_http_calls_pass_the_callers_gate_and_record_the_caller_as_actor(
     guarded: tuple[RunningServer, dict[str, str]],
 ) -> None:
