@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -146,6 +147,51 @@ def test_the_readme_buf_curl_tour_works_against_the_served_process(served: Serve
     assert purged["apiKey"].get("displayName", "") == ""
     streamed = next(o for c, o in zip(commands, outputs, strict=True) if "/StreamIndex" in c)
     assert '"snapshotComplete": true' in streamed
+
+
+def readme_curl_commands() -> list[str]:
+    """The README's `curl` examples of the REST API ("HTTP and JSON"), in order."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = [line.strip() for line in "\n".join(blocks).replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.startswith("curl -s") and ":8080/v1/" in line]
+
+
+def test_the_readme_curl_tour_works_against_the_served_process(served: ServeProcess) -> None:
+    commands = readme_curl_commands()
+    assert len(commands) >= 6
+    outputs: list[dict[str, Any]] = []
+    secret = ""
+    for command in commands:
+        command = command.replace("127.0.0.1:8080", f"127.0.0.1:{served.http_port}")
+        command = command.replace("edk_…", secret)
+        result = subprocess.run(
+            command + " -w '\\n%{http_code}'",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        body, status = result.stdout.rsplit("\n", 1)
+        outputs.append({"status": int(status), **json.loads(body)})
+        if "apiKeyId=" in command:
+            secret = outputs[-1]["secret"]
+    created, listed, updated, validated, rotated, history, missing = outputs
+    assert created["status"] == 200 and created["apiKey"]["name"].endswith("/ci-runner")
+    assert [k["displayName"] for k in listed["apiKeys"]] == ["CI runner"]
+    assert updated["apiKey"]["description"] == "nightly jobs"
+    assert (validated["verdict"], validated["apiKey"]) == (
+        "VERDICT_ALLOWED",
+        "projects/acme/apiKeys/ci-runner",
+    )
+    assert rotated["secret"] not in ("", secret)
+    assert [e["eventType"] for e in history["events"]] == [
+        "KeyCreated",
+        "DetailsChanged",
+        "SecretRotated",
+    ]
+    assert (missing["status"], missing["error"]["status"]) == (404, "NOT_FOUND")
 
 
 def test_the_default_store_is_created_under_var_of_the_working_directory(tmp_path: Path) -> None:
