@@ -64,9 +64,12 @@ bench-tools:
 
 # Regenerate the Python stubs in edgekeys/ from protos/; commit the result.
 # protos/google is only there for imports: Python uses googleapis-common-protos.
+# descriptors.binpb keeps the protos' comments (source info), which the stubs drop:
+# /v1/openapi.json takes its descriptions from there.
 GENERATED_FROM := $(shell find protos/edgekeys -name '*.proto' | sort)
 protos: $(INSTALLED)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
+		--include_source_info --descriptor_set_out=edgekeys/v1/descriptors.binpb \
 		$(GENERATED_FROM)
 
 $(INSTALLED): pyproject.toml

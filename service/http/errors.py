@@ -42,6 +42,37 @@ NAMES = {
     500: "INTERNAL",
 }
 _DETAILS = "grpc-status-details-bin"
+# The JSON Schema of `_body`'s shape, for /v1/openapi.json.
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Google's JSON error shape (AIP-193).",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "integer", "description": "The HTTP status."},
+                "message": {"type": "string", "description": "What went wrong, for people."},
+                "status": {
+                    "type": "string",
+                    "enum": [code.name for code in HTTP_STATUS if code != grpc.StatusCode.OK],
+                    "description": "The gRPC code's name.",
+                },
+                "details": {
+                    "type": "array",
+                    "description": "google.rpc details: an ErrorInfo with a stable `reason` "
+                    "and domain `edgekeys` first, then e.g. a BadRequest.",
+                    "items": {
+                        "type": "object",
+                        "properties": {"@type": {"type": "string"}},
+                        "required": ["@type"],
+                    },
+                },
+            },
+            "required": ["code", "message", "status"],
+        }
+    },
+    "required": ["error"],
+}
 
 
 def status_body(status: grpc.Status) -> tuple[int, dict[str, Any]]:

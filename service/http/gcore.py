@@ -20,7 +20,8 @@ meet the same refusal.
 """
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -65,8 +66,6 @@ _UPDATE: Schema = {"description": _TEXT_OR_NULL}
 # A response may carry a secret (create): never kept by a cache.
 _NO_STORE = {"cache-control": "no-store"}
 
-Verb = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 class Refused(Exception):
     """A Gcore call refused by this adapter (its body, its query, Gcore's rules)."""
@@ -80,13 +79,123 @@ class Refused(Exception):
         self.final = final  # a retry would meet the same refusal
 
 
-def with_gcore_routes(app: web.Application, methods: Mapping[str, Method]) -> web.Application:
-    """`app` with Gcore's routes, when this server has ApiKeyService (an edge follower
+Query = dict[str, int]
+Body = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One Gcore route: how it is served and, for /v1/openapi.json, what it takes and
+    returns. ROUTES is the one table of both, so the document cannot drift."""
+
+    verb: str
+    path: str  # under ROOT: "" (the collection) or "/{name}" (a key)
+    handler: str  # the `_Routes` method that answers it
+    operation_id: str
+    summary: str
+    body: Schema | None = None  # the JSON fields it takes, if it reads a body
+    query: tuple[str, ...] = ()  # the integer query parameters it takes
+    status: int = 200
+    returns: str = ""  # the shape answered: a key of KEY_SCHEMAS, or "" for none
+
+
+ROUTES: Sequence[Route] = (
+    Route(
+        "GET",
+        "",
+        "list_keys",
+        "gcore_list_api_keys",
+        "Lists the project's keys, oldest first: `count` is the total, `results` one page.",
+        query=("limit", "offset"),
+        returns="list",
+    ),
+    Route(
+        "POST",
+        "",
+        "create_key",
+        "gcore_create_api_key",
+        "Creates a key named `name` (its ID and display name) and returns its secret, "
+        "shown only here. `expires_at`: an ISO 8601 date (00:00 UTC that day) or time.",
+        body=_CREATE,
+        returns="created",
+    ),
+    Route(
+        "GET",
+        "/{name}",
+        "get_key",
+        "gcore_get_api_key",
+        "Returns a key (a deleted key is 404).",
+        returns="key",
+    ),
+    Route(
+        "PATCH",
+        "/{name}",
+        "update_key",
+        "gcore_update_api_key",
+        "Changes a key's description (null: none).",
+        body=_UPDATE,
+        returns="key",
+    ),
+    Route(
+        "DELETE",
+        "/{name}",
+        "delete_key",
+        "gcore_delete_api_key",
+        "Deletes a key; 409 while it is attached to a deployment.",
+        status=204,
+    ),
+)
+# JSON Schemas of what the routes answer, as `_gcore_key` writes a key: every field.
+_KEY_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "description": "The key's ID."},
+    "description": {"type": ["string", "null"]},
+    "expires_at": {"type": ["string", "null"], "format": "date-time"},
+    "deployment_names": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "The IDs of the deployments the key may reach.",
+    },
+    "created_at": {"type": "string", "format": "date-time"},
+}
+_SECRET = {"secret": {"type": "string", "description": "The secret, shown only here."}}
+
+
+def _object(fields: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": fields, "required": list(fields)}
+
+
+KEY_SCHEMAS: Mapping[str, dict[str, Any]] = {
+    "key": _object(_KEY_FIELDS),
+    "created": _object({**_KEY_FIELDS, **_SECRET}),
+    "list": _object(
+        {
+            "count": {"type": "integer", "description": "How many keys the project has."},
+            "results": {"type": "array", "items": _object(_KEY_FIELDS)},
+        }
+    ),
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"message": {"type": "string"}, "reason": {"type": "string"}},
+    "required": ["message", "reason"],
+}
+
+Verb = Callable[[web.Request, Query, Body], Awaitable[web.StreamResponse]]
+
+
+def served(methods: Mapping[str, Method]) -> bool:
+    """Whether this server has Gcore's routes: only with ApiKeyService (an edge follower
     has not: Gcore's paths are then unknown there, as any other)."""
-    if f"/{SERVICE}/CreateApiKey" in methods:
+    return f"/{SERVICE}/CreateApiKey" in methods
+
+
+def with_gcore_routes(app: web.Application, methods: Mapping[str, Method]) -> web.Application:
+    """`app` with Gcore's routes, when `served`."""
+    if served(methods):
         routes = _Routes({name: methods[f"/{SERVICE}/{name}"] for name in _USED})
-        app.router.add_route("*", ROOT, routes.collection)
-        app.router.add_route("*", ROOT + "/{name}", routes.item)
+        for path in dict.fromkeys(route.path for route in ROUTES):
+            table = {route.verb: route for route in ROUTES if route.path == path}
+            app.router.add_route("*", ROOT + path, routes.answerer(table))
         app.router.add_route("*", "/cloud/{tail:.*}", _unknown)
     return app
 
@@ -98,16 +207,17 @@ class _Routes:
     def __init__(self, methods: dict[str, Method]) -> None:
         self.methods = methods
 
-    async def collection(self, request: web.Request) -> web.StreamResponse:
-        return await _answer(request, {"GET": self.list_keys, "POST": self.create_key})
+    def answerer(self, table: Mapping[str, Route]) -> Callable[[web.Request], Any]:
+        """The handler of one path: the route of the request's verb."""
 
-    async def item(self, request: web.Request) -> web.StreamResponse:
-        verbs = {"GET": self.get_key, "PATCH": self.update_key, "DELETE": self.delete_key}
-        return await _answer(request, verbs)
+        async def answer(request: web.Request) -> web.StreamResponse:
+            return await _answer(request, table, self)
 
-    async def create_key(self, request: web.Request) -> web.StreamResponse:
-        _no_query(request)
-        body = _fields(await _body(request), _CREATE)
+        return answer
+
+    async def create_key(
+        self, request: web.Request, query: Query, body: Body
+    ) -> web.StreamResponse:
         name = body.get("name")
         if not name:
             raise Refused(400, "name: is required")
@@ -129,8 +239,7 @@ class _Routes:
             200, {**_gcore_key(created.api_key), "secret": created.secret}, _NO_STORE
         )
 
-    async def list_keys(self, request: web.Request) -> web.StreamResponse:
-        query = _query(request, ("limit", "offset"))
+    async def list_keys(self, request: web.Request, query: Query, body: Body) -> web.StreamResponse:
         limit = query.get("limit", DEFAULT_LIMIT)
         if limit < 1:  # Gcore's range is 1 to 1000; to ListApiKeys, 0 would mean 50
             raise Refused(400, "limit: must be at least 1")
@@ -146,13 +255,12 @@ class _Routes:
         results = [_gcore_key(key) for key in listed.api_keys]
         return json_response(200, {"count": listed.total_size, "results": results})
 
-    async def get_key(self, request: web.Request) -> web.StreamResponse:
-        _no_query(request)
+    async def get_key(self, request: web.Request, query: Query, body: Body) -> web.StreamResponse:
         return json_response(200, _gcore_key(await self._live_key(request)))
 
-    async def update_key(self, request: web.Request) -> web.StreamResponse:
-        _no_query(request)
-        body = _fields(await _body(request), _UPDATE)
+    async def update_key(
+        self, request: web.Request, query: Query, body: Body
+    ) -> web.StreamResponse:
         if "description" not in body:  # `{}`: nothing to change
             return json_response(200, _gcore_key(await self._live_key(request)))
         key = pb.ApiKey(name=_key_name(request), description=body["description"] or "")
@@ -163,8 +271,9 @@ class _Routes:
         )
         return json_response(200, _gcore_key(updated.api_key))
 
-    async def delete_key(self, request: web.Request) -> web.StreamResponse:
-        _no_query(request)
+    async def delete_key(
+        self, request: web.Request, query: Query, body: Body
+    ) -> web.StreamResponse:
         key = await self._live_key(request)
         if key.deployments:
             attached = ", ".join(last_id(d) for d in key.deployments)
@@ -194,17 +303,22 @@ class _Routes:
         return await self.methods[method].unary(message, HttpContext(request))
 
 
-async def _answer(request: web.Request, verbs: Mapping[str, Verb]) -> web.StreamResponse:
-    verb = verbs.get(request.method)
+async def _answer(
+    request: web.Request, table: Mapping[str, Route], routes: _Routes
+) -> web.StreamResponse:
+    route = table.get(request.method)
     try:
-        if verb is None:
-            allowed = ", ".join(verbs)
+        if route is None:
+            allowed = ", ".join(table)
             raise Refused(
                 405, f"{request.method} is not allowed here; allowed: {allowed}", "NOT_ALLOWED"
             )
-        return await verb(request)
+        query = _query(request, route.query)
+        body = _fields(await _body(request), route.body) if route.body is not None else {}
+        verb: Verb = getattr(routes, route.handler)
+        return await verb(request, query, body)
     except Refused as refused:
-        headers = {"allow": ", ".join(verbs)} if refused.status == 405 else {}
+        headers = {"allow": ", ".join(table)} if refused.status == 405 else {}
         return _error(refused.status, str(refused), refused.reason, refused.final, headers)
     except Aborted as aborted:
         return _refusal(aborted.status, request)
@@ -272,10 +386,6 @@ def _query(request: web.Request, known: tuple[str, ...]) -> dict[str, int]:
             raise Refused(400, f"{name}: must be an integer")
         found[name] = max(-MAX_INT32, min(int(value), MAX_INT32))  # to int32, the fields' type
     return found
-
-
-def _no_query(request: web.Request) -> None:
-    _query(request, ())
 
 
 def _key_name(request: web.Request) -> str:

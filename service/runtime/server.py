@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from importlib.metadata import version
 
 import grpc
 from aiohttp import web
@@ -34,6 +35,7 @@ from service.api.validation import ValidationService
 from service.api.validator import Validator
 from service.console import app as console
 from service.domain.clock import Clock, utc_now
+from service.http import gcore, openapi
 from service.http.app import Listener, application
 from service.http.gcore import with_gcore_routes
 from service.http.transcoding import Transcoder
@@ -185,7 +187,10 @@ class Server:
     def http_application(self) -> web.Application:
         """What the HTTP listener serves: the same wrapped methods as gRPC, for REST,
         Gcore's routes and the console's pages."""
-        app = application(Transcoder(self.calls.methods.values()), lambda: self.serving, {})
+        transcoder = Transcoder(self.calls.methods.values())
+        routes = gcore.ROUTES if gcore.served(self.calls.methods) else ()
+        document = openapi.document(transcoder.bindings, routes, version("edgekeys"))
+        app = application(transcoder, lambda: self.serving, document)
         console.mount(app, self.calls.methods, self.gate, self.clock, self.settings.workers)
         return with_gcore_routes(app, self.calls.methods)
 
