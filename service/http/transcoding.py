@@ -32,7 +32,10 @@ from service.http.errors import http_error, json_response, status_body
 _VARIABLE = re.compile(r"\{([\w.]+)(?:=([^}]*))?\}")
 _SEGMENT = r"[^/:]+"  # IDs hold no ':', so a custom verb (`:rotate`) is never eaten
 _NO_FIELD = re.compile(r'has no field named "([^"]+)"')
-_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+# A boolean query parameter, in any case, as Envoy's grpc_json_transcoder reads one.
+_BOOLEANS = dict.fromkeys(("true", "t", "yes", "y", "1"), True) | dict.fromkeys(
+    ("false", "f", "no", "n", "0"), False
+)
 _JSON_TYPES = ("application/json",)
 
 
@@ -306,9 +309,9 @@ def _put(query: dict[str, Any], path: list[FieldDescriptor], value: str) -> None
 
 def _typed(field: FieldDescriptor, value: str) -> Any:
     if field.type == FieldDescriptor.TYPE_BOOL:
-        if value not in _BOOLEANS:
+        if value.lower() not in _BOOLEANS:
             raise BadRequest(field.name, f"expected true or false, not {value!r}")
-        return _BOOLEANS[value]
+        return _BOOLEANS[value.lower()]
     return value  # proto JSON reads numbers, enums and strings from strings
 
 

@@ -203,3 +203,25 @@ def test_off_serves_no_http(running: RunningServer) -> None:
     assert running.server.http is None
     assert running.channel is not None
     grpc.channel_ready_future(running.channel).result(10)  # gRPC alone
+
+
+def test_a_boolean_query_parameter_reads_as_envoys_transcoder_reads_it(
+    serving: Callable[..., RunningServer],
+) -> None:
+    server = serving(**ON)
+    status, created = create(base(server))
+    name = created["apiKey"]["name"]
+    assert call(base(server), "DELETE", f"/v1/{name}")[0] == 200
+
+    def shown(value: str) -> bool:
+        status, listed = call(base(server), "GET", f"/v1/projects/acme/apiKeys?showDeleted={value}")
+        assert status == 200, listed
+        return name in [key["name"] for key in listed.get("apiKeys", [])]
+
+    assert [shown(v) for v in ("true", "True", "YES", "y", "t", "1")] == [True] * 6
+    assert [shown(v) for v in ("false", "FALSE", "No", "n", "f", "0")] == [False] * 6
+    status, body = call(base(server), "GET", "/v1/projects/acme/apiKeys?showDeleted=on")
+    assert (status, body["error"]["details"][1]["fieldViolations"][0]["field"]) == (
+        400,
+        "show_deleted",
+    )
