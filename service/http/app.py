@@ -31,7 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # A path segment logged as it is: what IDs, numbers, custom verbs and our own routes are
 # made of. Anything else (a secret or token pasted into a URL) is logged as "(malformed)".
-_SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(?::[A-Za-z]{1,40})?|")
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}(?::[A-Za-z]{1,40})?|")
 _SECRETS = (keyformat.PREFIX, callers.TOKEN_PREFIX)
 
 
@@ -39,7 +39,9 @@ def logged_path(path: str) -> str:
     """The path for the access log, a segment at a time: each one is a name, or is
     "(malformed)", as `edgekeys.calls` logs a name field."""
     return "/".join(
-        part if _SEGMENT.fullmatch(part) and not part.startswith(_SECRETS) else "(malformed)"
+        part
+        if _SEGMENT.fullmatch(part) and not any(prefix in part for prefix in _SECRETS)
+        else "(malformed)"
         for part in path.split("/")
     )
 

@@ -296,3 +296,10 @@ def test_no_secret_reaches_the_http_access_log(
     for record in lines:
         assert secret not in record.getMessage() + json.dumps(record.__dict__, default=str)
     assert [r.__dict__["fields"]["status"] for r in lines] == [200, 200, 200, 400, 400]
+    assert [r.__dict__["fields"]["path"] for r in lines] == [
+        CREATE,
+        f"/v1/{LLAMA}:validateApiKey",
+        "/v1/apiKeys:lookup",
+        f"/v1/{LLAMA}:validateApiKey",
+        "/v1/projects/acme/apiKeys/(malformed)",
+    ]
