@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,49 @@ VALIDATE = "/edgekeys.v1.ValidationService/ValidateApiKey"
 VALIDATE_MANY = "/edgekeys.v1.ValidationService/ValidateApiKeys"
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 BATCH = 100
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 
 
 def grpc_frame(message: Message) -> bytes:
     body = message.SerializeToString()
     return b"\0" + struct.pack(">I", len(body)) + body
+
+
+def h2load_command(
+    url: str,
+    seconds: int,
+    payload: Path | None = None,
+    headers: Sequence[str] = GRPC_HEADERS,
+    log_file: Path | None = None,
+    rate: float = 0,
+    connections: int = 4,
+    streams: int = 32,
+    http1: bool = False,
+) -> list[str]:
+    """h2load's command line: `payload` is POSTed (else a GET); `streams` per connection
+    (with `http1`, requests pipelined on each of its HTTP/1.1 connections)."""
+    command = ["h2load", "-D", str(seconds), "--warm-up-time", "1"]
+    command += ["-c", str(connections), "-m", str(streams)]
+    if http1:
+        command.append("--h1")
+    for header in headers:
+        command += ["-H", header]
+    if log_file:
+        command += ["--log-file", str(log_file)]
+    if rate:
+        command += ["--rps", str(max(1, round(rate / connections)))]  # per connection
+    if payload is not None:
+        command += ["-d", str(payload)]
+    return [*command, url]
+
+
+def h2load_rate(output: str) -> float:
+    """Requests per second from h2load's report; every request must have succeeded."""
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", output)
+    assert done and done[2] == done[3], output
+    measured = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output)
+    assert measured, output
+    return float(measured[1])
 
 
 def h2load(
@@ -58,24 +97,13 @@ def h2load(
     log_file: Path | None = None,
     rate: float = 0,
 ) -> float:
-    """Requests per second; every request must succeed. `log_file`: h2load's
-    per-request log (start µs, status, duration µs); `rate`: requests per second to
-    send in all (0: as fast as the server answers)."""
-    command = ["h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", "4", "-m", "32"]
-    command += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-    if token:
-        command += ["-H", f"authorization: Bearer {token}"]
-    if log_file:
-        command += ["--log-file", str(log_file)]
-    if rate:
-        command += ["--rps", str(max(1, round(rate / 4)))]  # per connection
-    command += ["-d", str(payload), f"http://{address}{method}"]
+    """Requests per second of a unary gRPC method; every request must succeed.
+    `log_file`: h2load's per-request log (start µs, status, duration µs); `rate`:
+    requests per second to send in all (0: as fast as the server answers)."""
+    headers = [*GRPC_HEADERS, f"authorization: Bearer {token}"] if token else GRPC_HEADERS
+    command = h2load_command(f"http://{address}{method}", seconds, payload, headers, log_file, rate)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", output)
-    assert done and done[2] == done[3], output
-    measured = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output)
-    assert measured, output
-    return float(measured[1])
+    return h2load_rate(output)
 
 
 def latencies(address: str, method: str, request: bytes, calls: int) -> list[float]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -59,6 +59,16 @@ keys = sa.Table(
 # faster than from the rows at 200,000 keys in one project, SQLite). Added after layout
 # v4 was out: created in place on an existing catalog, not worth a rebuild.
 _LIVE = sa.Index("catalog_api_keys_live", keys.c.project, keys.c.delete_time)
+
+# GetApiKey's and LookupApiKey's queries, built once: building a select and its cache
+# key on every call cost more than running it on SQLite.
+_BY_NAME = sa.select(keys).where(keys.c.name == sa.bindparam("name"))
+_BY_DIGEST = sa.select(keys).where(
+    sa.or_(
+        keys.c.secret_sha256 == sa.bindparam("digest"),
+        keys.c.previous_secret_sha256 == sa.bindparam("digest"),
+    )
+)
 
 key_deployments = sa.Table(
     "catalog_api_key_deployments",
@@ -298,17 +308,15 @@ class Catalog:
 
     def get(self, name: str) -> KeyRecord | None:
         """The key named `name` (deleted keys too), with its last use."""
-        return self._one(keys.c.name == name)
+        return self._one(_BY_NAME, {"name": name})
 
     def lookup(self, digest: bytes) -> KeyRecord | None:
         """The key whose secret, or whose secret before its last rotation, has `digest`."""
-        return self._one(
-            sa.or_(keys.c.secret_sha256 == digest, keys.c.previous_secret_sha256 == digest)
-        )
+        return self._one(_BY_DIGEST, {"digest": digest})
 
-    def _one(self, where: sa.ColumnElement[bool]) -> KeyRecord | None:
+    def _one(self, query: sa.Select[Any], values: dict[str, object]) -> KeyRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(keys).where(where)).mappings().first()
+            row = conn.execute(query, values).mappings().first()
         return None if row is None else _record(row, self.words)
 
     def record_use(self, uses: dict[str, datetime]) -> None:

@@ -46,20 +46,29 @@ def logged_path(path: str) -> str:
     )
 
 
+# The gateways' validations and the health probes, answered: at DEBUG only, as gRPC
+# logs none of them one by one (the metrics count them); at INFO they cost a fifth of
+# an HTTP validation's time.
+_QUIET = (":validateApiKey", ":batchValidate", "/healthz")
+
+
 class AccessLog(AbstractAccessLogger):
     """Method, path (never the query string, and no segment that is not a name: a secret
     sent there by mistake stays out), status, duration; at INFO, as `edgekeys.calls`
-    lines are."""
+    lines are, except the gateways' validations and the health probes that did not fail
+    (DEBUG)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
-        if access.isEnabledFor(logging.INFO):
+        quiet = response.status < 400 and request.path.endswith(_QUIET)
+        level = logging.DEBUG if quiet else logging.INFO
+        if access.isEnabledFor(level):
             fields = {
                 "method": request.method,
                 "path": logged_path(request.path),
                 "status": response.status,
                 "duration_ms": round(elapsed * 1000, 2),
             }
-            access.info("http", extra={"fields": fields})
+            access.log(level, "http", extra={"fields": fields})
 
     @property
     def enabled(self) -> bool:

@@ -3,6 +3,7 @@ Gcore's APIKey scheme, mTLS), the same actor, rate limits and metrics; TLS from 
 files; a server stream as NDJSON; `off` serves nothing."""
 
 import json
+import logging
 import ssl
 import threading
 import time
@@ -133,6 +134,41 @@ def test_http_calls_are_counted_in_the_same_metrics(serving: Callable[..., Runni
     assert value(samples, "edgekeys_rpc_duration_seconds_count", method="GetApiKey") == 5
     assert value(samples, "edgekeys_validations_total", verdict="VERDICT_ALLOWED") == 1
     assert value(samples, "edgekeys_rpc_errors_total", method="GetApiKey", code="NOT_FOUND") == 1
+
+
+def test_access_lines_leave_out_answered_validations_and_health_probes(
+    serving: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """As over gRPC, the gateways' calls are counted, not logged one by one (the
+    probes neither), unless they fail; every other request is one line at INFO."""
+    server = serving(**ON)
+    status, created = create(base(server))
+    assert status == 200
+    caplog.set_level(logging.INFO, logger="edgekeys.http")
+    validate = f"/v1/{LLAMA}:validateApiKey"
+    assert call(base(server), "POST", validate, {"secret": created["secret"]})[0] == 200
+    batch = {"requests": [{"secret": created["secret"], "deployment": LLAMA}]}
+    assert call(base(server), "POST", "/v1/apiKeys:batchValidate", batch)[0] == 200
+    assert call(base(server), "GET", "/healthz")[0] == 200
+    assert call(base(server), "GET", f"/v1/{created['apiKey']['name']}")[0] == 200
+    bad = "/v1/projects/acme/deployments/NOT_A_NAME:validateApiKey"
+    assert call(base(server), "POST", bad, {"secret": created["secret"]})[0] == 400
+
+    def logged() -> list[tuple[str, str, int]]:
+        return [
+            (r.fields["method"], r.fields["path"], r.fields["status"])  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.name == "edgekeys.http"
+        ]
+
+    # A line is written just after its reply is sent: wait for the last two.
+    deadline = time.monotonic() + 10
+    while len(logged()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert logged() == [
+        ("GET", f"/v1/{created['apiKey']['name']}", 200),
+        ("POST", bad, 400),
+    ]
 
 
 def test_watch_events_streams_one_json_line_per_event(

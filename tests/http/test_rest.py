@@ -282,7 +282,7 @@ def test_no_secret_reaches_the_http_access_log(
     server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = base(server)
-    with caplog.at_level(logging.INFO, logger="edgekeys.http"):
+    with caplog.at_level(logging.DEBUG, logger="edgekeys.http"):  # every line
         _, created = call(url, "POST", CREATE, {"displayName": "k", "deployments": [LLAMA]})
         secret = created["secret"]
         call(url, "POST", f"/v1/{LLAMA}:validateApiKey", {"secret": secret})
