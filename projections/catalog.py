@@ -184,23 +184,18 @@ class Catalog:
             return _position(conn) or 0
 
     def process(self, events: Iterable[tuple[int, ApiKey.Event]]) -> None:
-        """Apply the events after the tracked position, and move it, atomically."""
+        """Apply the events after the tracked position, and move it, atomically. The
+        events are folded in memory first (see `_Fold`), so a batch costs a few
+        statements however many events it holds."""
         with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             position = _position(conn) or 0
-            created = _Creations(self.words)
-            for event_position, event in events:
-                if event_position <= position:
-                    continue
-                position = event_position
-                if isinstance(event, ApiKey.KeyCreated):
-                    created.add(position, event)
-                else:
-                    created.flush(conn)  # rows the event may change
-                    _apply(conn, position, event, self.words)
-            created.flush(conn)
+            fresh = [(at, event) for at, event in events if at > position]
+            if not fresh:
+                return
+            _Fold(self.words, fresh).write(conn)
             conn.execute(
                 tracking.update().where(tracking.c.projection == PROJECTION),
-                {"position": position},
+                {"position": fresh[-1][0]},
             )
 
     @contextmanager
@@ -364,97 +359,141 @@ def _position(conn: Connection) -> int | None:
     return None if position is None else int(position)
 
 
-class _Creations:
-    """New keys, inserted many rows per statement."""
+class _Fold:
+    """A batch of events folded into rows in memory: the keys it creates, whole; for
+    the keys already in the catalog, the columns it changes (and, when their
+    deployments change, their new set). `write` then stores it in a few statements
+    (executemany), instead of a statement or three per event."""
 
-    def __init__(self, words: Words) -> None:
+    def __init__(self, words: Words, events: Sequence[tuple[int, ApiKey.Event]]) -> None:
         self.words = words
-        self.keys: list[dict[str, object]] = []
-        self.deployments: list[dict[str, str]] = []
+        self.new: dict[str, dict[str, Any]] = {}  # key id → its row
+        self.changed: dict[str, dict[str, Any]] = {}  # key id → columns changed
+        self.redeployed: set[str] = set()  # keys already stored whose deployments changed
+        self.events = events
 
-    def add(self, position: int, event: ApiKey.KeyCreated) -> None:
+    def write(self, conn: Connection) -> None:
+        created = {e.originator_id.hex for _, e in self.events if isinstance(e, ApiKey.KeyCreated)}
+        stored = _current(
+            conn, {e.originator_id.hex for _, e in self.events} - created
+        )  # what the folding reads of keys already stored: their secret and deployments
+        for position, event in self.events:
+            key_id = event.originator_id.hex
+            if isinstance(event, ApiKey.KeyCreated):
+                self.new[key_id] = self._created(position, event)
+                continue
+            current = self.new.get(key_id) or stored.get(key_id)
+            if current is None:
+                continue  # its creation did not decode (altered outside edgekeys)
+            changes = self._changes(event, current)
+            current.update(changes)
+            if key_id not in self.new:
+                self.changed.setdefault(key_id, {}).update(changes)
+                if "deployments" in changes:
+                    self.redeployed.add(key_id)
+        if self.new:
+            conn.execute(keys.insert(), list(self.new.values()))
+        by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for key_id, changes in self.changed.items():
+            by_columns.setdefault(frozenset(changes), []).append({"_id": key_id, **changes})
+        for rows in by_columns.values():
+            conn.execute(keys.update().where(keys.c.id == sa.bindparam("_id")), rows)
+        for chunk in _chunks(sorted(self.redeployed)):
+            conn.execute(key_deployments.delete().where(key_deployments.c.key_id.in_(chunk)))
+        attached = [
+            {"key_id": key_id, "deployment": deployment}
+            for key_id, row in (
+                *self.new.items(),
+                *((k, self.changed[k]) for k in sorted(self.redeployed)),
+            )
+            for deployment in json.loads(row["deployments"])
+        ]
+        if attached:
+            conn.execute(key_deployments.insert(), attached)
+
+    def _created(self, position: int, event: ApiKey.KeyCreated) -> dict[str, Any]:
         key_id = event.originator_id.hex
-        self.keys.append(
+        return {
+            "id": key_id,
+            "position": position,
+            "name": event.name,
+            "project": key_project(event.name),
+            "display_name": self.words.stored(event.display_name.shown, key_id),
+            "description": self.words.stored(event.description.shown, key_id),
+            "deployments": json.dumps(event.deployments),
+            "expire_time": event.expire_time,
+            "create_time": event.timestamp,
+            "update_time": event.timestamp,
+            "delete_time": None,
+            "purge_time": None,
+            "secret_hint": event.secret_hint,
+            "secret_sha256": bytes.fromhex(event.secret_sha256),
+            "previous_secret_sha256": None,
+            "previous_secret_until": None,
+            "last_use_time": None,
+            "version": event.originator_version,
+        }
+
+    def _changes(self, event: ApiKey.Event, current: dict[str, Any]) -> dict[str, Any]:
+        """The columns an event other than KeyCreated changes, given the key's row as
+        the events before it left it (`current`: at least its secret and deployments)."""
+        key_id = event.originator_id.hex
+        changes: dict[str, Any] = {
+            "update_time": event.timestamp,
+            "version": event.originator_version,
+        }
+        match event:
+            case ApiKey.DetailsChanged():
+                if event.display_name is not None:
+                    changes["display_name"] = self.words.stored(event.display_name.shown, key_id)
+                if event.description is not None:
+                    changes["description"] = self.words.stored(event.description.shown, key_id)
+            case ApiKey.ExpiryChanged():
+                changes["expire_time"] = event.expire_time
+            case ApiKey.KeyDeleted():
+                changes["delete_time"] = event.timestamp
+            case ApiKey.SecretRotated():
+                changes.update(
+                    secret_sha256=bytes.fromhex(event.secret_sha256),
+                    secret_hint=event.secret_hint,
+                    # for LookupApiKey, even with no grace
+                    previous_secret_sha256=current["secret_sha256"],
+                    previous_secret_until=event.previous_until,
+                )
+            case ApiKey.PersonalDataPurged():
+                erased = self.words.stored("", key_id)
+                changes.update(purge_time=event.timestamp, display_name=erased, description=erased)
+            case ApiKey.DeploymentAttached() | ApiKey.DeploymentDetached():
+                deployments = json.loads(current["deployments"])
+                if isinstance(event, ApiKey.DeploymentAttached):
+                    deployments.append(event.deployment)
+                elif event.deployment in deployments:
+                    deployments.remove(event.deployment)
+                changes["deployments"] = json.dumps(deployments)
+        return changes
+
+
+def _current(conn: Connection, key_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The secret and deployments of stored keys, by id: what folding their events reads."""
+    found = {}
+    for chunk in _chunks(sorted(key_ids)):
+        rows = conn.execute(
+            sa.select(keys.c.id, keys.c.secret_sha256, keys.c.deployments).where(
+                keys.c.id.in_(chunk)
+            )
+        )
+        found.update(
             {
-                "id": key_id,
-                "position": position,
-                "name": event.name,
-                "project": key_project(event.name),
-                "display_name": self.words.stored(event.display_name.shown, key_id),
-                "description": self.words.stored(event.description.shown, key_id),
-                "deployments": json.dumps(event.deployments),
-                "expire_time": event.expire_time,
-                "create_time": event.timestamp,
-                "update_time": event.timestamp,
-                "delete_time": None,
-                "purge_time": None,
-                "secret_hint": event.secret_hint,
-                "secret_sha256": bytes.fromhex(event.secret_sha256),
-                "previous_secret_sha256": None,
-                "previous_secret_until": None,
-                "last_use_time": None,
-                "version": event.originator_version,
+                row.id: {"secret_sha256": row.secret_sha256, "deployments": row.deployments}
+                for row in rows
             }
         )
-        self.deployments += [{"key_id": key_id, "deployment": d} for d in event.deployments]
-
-    def flush(self, conn: Connection) -> None:
-        if self.keys:
-            conn.execute(keys.insert(), self.keys)
-        if self.deployments:
-            conn.execute(key_deployments.insert(), self.deployments)
-        self.keys, self.deployments = [], []
+    return found
 
 
-def _apply(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
-    """One event other than KeyCreated (see `_Creations`)."""
-    key_id = event.originator_id.hex
-    this_key = keys.c.id == key_id
-    changes: dict[str, object] = {
-        "update_time": event.timestamp,
-        "version": event.originator_version,
-    }
-    match event:
-        case ApiKey.DetailsChanged():
-            if event.display_name is not None:
-                changes["display_name"] = words.stored(event.display_name.shown, key_id)
-            if event.description is not None:
-                changes["description"] = words.stored(event.description.shown, key_id)
-        case ApiKey.ExpiryChanged():
-            changes["expire_time"] = event.expire_time
-        case ApiKey.KeyDeleted():
-            changes["delete_time"] = event.timestamp
-        case ApiKey.SecretRotated():
-            current = conn.execute(sa.select(keys.c.secret_sha256).where(this_key)).scalar()
-            changes.update(
-                secret_sha256=bytes.fromhex(event.secret_sha256),
-                secret_hint=event.secret_hint,
-                previous_secret_sha256=current,  # for LookupApiKey, even with no grace
-                previous_secret_until=event.previous_until,
-            )
-        case ApiKey.PersonalDataPurged():
-            erased = words.stored("", key_id)
-            changes.update(purge_time=event.timestamp, display_name=erased, description=erased)
-        case ApiKey.DeploymentAttached() | ApiKey.DeploymentDetached():
-            stored = conn.execute(sa.select(keys.c.deployments).where(this_key)).scalar()
-            if stored is None:
-                return  # its creation did not decode (altered outside edgekeys)
-            current = json.loads(stored)
-            if isinstance(event, ApiKey.DeploymentAttached):
-                current.append(event.deployment)
-            elif event.deployment in current:
-                current.remove(event.deployment)
-            changes["deployments"] = json.dumps(current)
-            _set_deployments(conn, key_id, current)
-    conn.execute(keys.update().where(this_key), changes)
-
-
-def _set_deployments(conn: Connection, key_id: str, deployments: Sequence[str]) -> None:
-    conn.execute(key_deployments.delete().where(key_deployments.c.key_id == key_id))
-    if deployments:
-        conn.execute(
-            key_deployments.insert(), [{"key_id": key_id, "deployment": d} for d in deployments]
-        )
+def _chunks(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _utc(moment: datetime | None) -> datetime | None:

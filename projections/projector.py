@@ -18,7 +18,7 @@ from projections.catalog import Catalog
 from projections.index import Entry, ValidationIndex
 from service.domain.api_key import ApiKey
 
-BATCH = 500
+BATCH = 5000  # events a page: a page is one transaction for each read model
 RECALL = 20_000  # changes journaled when the index is loaded from the catalog
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def since(moment: float | None) -> float:
 class Projector:
     """Reads the store with `recorder` (its notification log) and `mapper` (stored rows
     to events); `on_purged` hears of every purge it passes, once the catalog has blanked
-    the key's words."""
+    the key's words; `prefetch` is handed the keys of each page before it is decoded."""
 
     def __init__(
         self,
@@ -51,10 +51,12 @@ class Projector:
         catalog: Catalog,
         audit: AuditLog,
         on_purged: Callable[[list[UUID]], None] = lambda owners: None,
+        prefetch: Callable[[set[UUID]], None] = lambda owners: None,
     ) -> None:
         self.recorder = recorder
         self.mapper = mapper
         self.on_purged = on_purged
+        self.prefetch = prefetch  # what decoding a page of events needs, fetched at once
         self.index = index
         self.catalog = catalog
         self.audit = audit
@@ -183,6 +185,7 @@ class Projector:
     ) -> list[tuple[Notification, ApiKey.Event]]:
         """Stored rows that decode, with their events. A row that does not was altered
         outside edgekeys: it is logged and left out, and the service keeps serving."""
+        self.prefetch({cast(UUID, row.originator_id) for row in notifications})
         events = []
         for row in notifications:
             try:

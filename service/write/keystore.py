@@ -238,7 +238,13 @@ class KeyStore(Application[UUID]):
     def projector(self, index: ValidationIndex, catalog: Catalog, audit: AuditLog) -> Projector:
         """What feeds this store's events to the read models, in store order."""
         return Projector(
-            self.recorder, self.mapper, index, catalog, audit, on_purged=self.forget_purged
+            self.recorder,
+            self.mapper,
+            index,
+            catalog,
+            audit,
+            on_purged=self.forget_purged,
+            prefetch=self.data_keys.load,
         )
 
     def forget_purged(self, owners: Iterable[UUID]) -> None:

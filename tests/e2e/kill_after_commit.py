@@ -26,10 +26,10 @@ def catalog_rows_then_die(self: Any, conn: Any) -> None:
     die()
 
 
-written = catalog._Creations.flush
+written = catalog._Fold.write
 POINTS: dict[str, tuple[type, str, Any]] = {
     "before the projections": (Projector, "catch_up", die),
-    "inside the catalog's transaction": (catalog._Creations, "flush", catalog_rows_then_die),
+    "inside the catalog's transaction": (catalog._Fold, "write", catalog_rows_then_die),
     "between the catalog and the audit log": (AuditLog, "process", die),
 }
 

@@ -51,9 +51,9 @@ def after_commit(self: KeyStore, *objects: Any, **kwargs: Any) -> Any:
     return recordings
 
 
-def in_catalog_transaction(conn: Any, position: int, event: Any, words: Any) -> None:
-    APPLY(conn, position, event, words)
-    if purges_victim([event]):
+def in_catalog_transaction(fold: Any, conn: Any) -> None:
+    WRITE(fold, conn)  # the batch's rows written, its transaction not committed
+    if purges_victim([event for _, event in fold.events]):
         die()
 
 
@@ -75,11 +75,18 @@ def kill_in_transaction() -> None:
         recorder._insert_events = in_transaction(recorder._insert_events)  # type: ignore[method-assign]
 
 
-SAVE, APPLY, LOG, FORGET = KeyStore.save, catalog._apply, AuditLog.process, Projector._forget_purged
+SAVE, WRITE, LOG, FORGET = (
+    KeyStore.save,
+    catalog._Fold.write,
+    AuditLog.process,
+    Projector._forget_purged,
+)
 POINTS: dict[str, Callable[[], None]] = {
     "inside the purge's transaction": kill_in_transaction,
     "after the purge's commit": lambda: setattr(KeyStore, "save", after_commit),
-    "inside the catalog's transaction": lambda: setattr(catalog, "_apply", in_catalog_transaction),
+    "inside the catalog's transaction": lambda: setattr(
+        catalog._Fold, "write", in_catalog_transaction
+    ),
     "between the catalog and the audit log": lambda: setattr(AuditLog, "process", before_audit),
     "before the WAL is emptied": lambda: setattr(Projector, "_forget_purged", before_wal),
 }

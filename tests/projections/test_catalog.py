@@ -1,16 +1,17 @@
 """projections/catalog.py: the SQL read model behind ListApiKeys, exactly-once."""
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from projections import catalog as catalog_module
-from projections.catalog import Catalog, KeyRecord, Words
+from projections.catalog import Catalog, KeyRecord
 from service.domain import keyformat
 from service.domain.api_key import ApiKey
 from service.domain.names import KeyName
@@ -284,46 +285,49 @@ def test_an_empty_batch_keeps_the_position(catalog: Catalog, log: Log) -> None:
     assert catalog.position == 1
 
 
+@contextmanager
+def failing(engine: Engine, statement: str) -> Iterator[list[str]]:
+    """Every SQL statement that starts with `statement` fails, as if the database went
+    away then; yields the statements run meanwhile."""
+    run: list[str] = []
+
+    def execute(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        run.append(sql)
+        if sql.startswith(statement):
+            raise RuntimeError("the database went away")
+
+    sa.event.listen(engine, "before_cursor_execute", execute)
+    try:
+        yield run
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", execute)
+
+
 def test_a_batch_failing_midway_leaves_no_rows_and_no_position(
-    engine: Engine, catalog: Catalog, log: Log, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, catalog: Catalog, log: Log
 ) -> None:
-    catalog.process(log.take(new_key("key-zero")))
+    zero = new_key("key-zero")
+    catalog.process(log.take(zero))
     before = (all_of(catalog), row_counts(engine))
     batch = log.take(*renamed_keys("key-one", "key-two"))  # created 2, 4; renamed 3, 5
-    apply = catalog_module._apply
-    calls: list[int] = []
+    zero.detach(LLAMA, **later(2))
+    batch += log.take(zero)  # and a change of a key stored before
 
-    def fail_on_second(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
-        calls.append(position)
-        if len(calls) == 2:
-            raise RuntimeError("the database went away")
-        apply(conn, position, event, words)
-
-    monkeypatch.setattr(catalog_module, "_apply", fail_on_second)
-
-    with pytest.raises(RuntimeError, match="went away"):
+    with failing(engine, "UPDATE catalog_tracking") as run, pytest.raises(RuntimeError):
         catalog.process(batch)
 
-    assert calls == [3, 5]
+    assert any(sql.startswith("INSERT INTO catalog_api_keys ") for sql in run)
+    assert any(sql.startswith("UPDATE catalog_api_keys ") for sql in run)
     assert catalog.position == 1
     assert (all_of(catalog), row_counts(engine)) == before
 
 
 def test_a_failed_batch_is_applied_whole_when_retried(
-    catalog: Catalog, log: Log, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, catalog: Catalog, log: Log
 ) -> None:
     batch = log.take(*renamed_keys("key-one", "key-two"))
-    apply = catalog_module._apply
-
-    def fail_on_second(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
-        if position == 4:
-            raise RuntimeError("the database went away")
-        apply(conn, position, event, words)
-
-    monkeypatch.setattr(catalog_module, "_apply", fail_on_second)
-    with pytest.raises(RuntimeError):
+    with failing(engine, "INSERT INTO catalog_api_key_deployments"), pytest.raises(RuntimeError):
         catalog.process(batch)
-    monkeypatch.setattr(catalog_module, "_apply", apply)
 
     catalog.process(batch)
 

@@ -25,7 +25,7 @@ from projections import audit_log as audit_module
 from projections import catalog as catalog_module
 from projections import projector as projector_module
 from projections.audit_log import AuditLog
-from projections.catalog import Catalog, Words
+from projections.catalog import Catalog
 from projections.index import ValidationIndex
 from projections.projector import Projector
 from service.domain.api_key import ApiKey, PersonalData
@@ -107,20 +107,13 @@ def replica(files: Files) -> Replica:
 def applied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The store positions the catalog applies, in order."""
     positions: list[int] = []
-    apply = catalog_module._apply
+    write = catalog_module._Fold.write
 
-    def recording(conn: Connection, position: int, event: ApiKey.Event, words: Words) -> None:
-        positions.append(position)
-        apply(conn, position, event, words)
+    def recording(fold: Any, conn: Connection) -> None:
+        positions.extend(position for position, _ in fold.events)
+        write(fold, conn)
 
-    add = catalog_module._Creations.add
-
-    def recording_creation(creations: Any, position: int, event: ApiKey.KeyCreated) -> None:
-        positions.append(position)
-        add(creations, position, event)
-
-    monkeypatch.setattr(catalog_module, "_apply", recording)
-    monkeypatch.setattr(catalog_module._Creations, "add", recording_creation)
+    monkeypatch.setattr(catalog_module._Fold, "write", recording)
     return positions
 
 
