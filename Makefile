@@ -44,6 +44,7 @@ bench: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.replicas
+	$(BIN)/python -m bench.fold
 
 # The console: the API keys page's server time with 1,000 keys, and ValidateApiKey /
 # Health while a headless browser walks the console (Debian's chromium).
