@@ -811,22 +811,35 @@ def test_two_swapped_event_rows_are_found_at_the_lower_position(running: Running
     assert verify(running, OTHER).first_bad_position == higher.position
 
 
-def test_cut_off_history_is_found_only_against_an_earlier_checkpoint(
-    running: RunningServer,
+def test_cut_off_history_is_found_by_the_stored_checkpoint_or_an_auditors(
+    running: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     log = make_history(running)
     early = verify(running).checkpoint
     create(running, "newest-1")
     create(running, "newest-2", parent=OTHER)
-    late = verify(running).checkpoint
+    late = verify(running).checkpoint  # stored by the server too
     assert late.position == early.position + 2 == len(log) + 2
 
     def cut(db: sqlite3.Connection) -> None:
         for table, column in (("stored_events", "rowid"), ("audit_log", "position")):
             db.execute(f"DELETE FROM {table} WHERE {column} > ?", (early.position,))
 
+    caplog.set_level(logging.INFO)
     tamper(running, cut)
-    alone = verify(running)  # a chain beside the data cannot see its own end cut off...
+    logged = wait_for_log(caplog, "audit log verification failed")  # at start
+    assert f"position {early.position + 1}: history ends before stored checkpoint" in logged
+    alone = verify(running)  # the server's own checkpoint is past the end...
+    assert (alone.ok, alone.first_bad_position) == (False, early.position + 1)
+    assert "history ends before stored checkpoint" in alone.problem
+
+    def cut_checkpoints_too(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM audit_checkpoints WHERE position > ?", (early.position,))
+
+    tamper(running, cut_checkpoints_too)
+    # ...and a chain beside the data, checkpoints included, cannot see its own end
+    # cut off once they are cut as well...
+    alone = verify(running)
     assert alone.ok, alone.problem
     assert alone.events_checked == len(log)
     assert alone.checkpoint == early
