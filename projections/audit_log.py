@@ -15,9 +15,10 @@ import hashlib
 import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -437,24 +438,39 @@ class AuditLog:
     ) -> None:
         """Walk the logged entries and the stored rows side by side, a page of each
         per query, recomputing links, until the end or the first problem."""
-        rows_query = sa.text(
+        # Plain DB-API cursors: SQLAlchemy's Row objects were a fifth of the time.
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        rows_query = (
             f"SELECT {self._position}, originator_id, originator_version, topic, state "
-            f"FROM {self.events_table} WHERE {self._position} > :after "
-            f"ORDER BY {self._position} LIMIT :batch"
+            f"FROM {self.events_table} WHERE {self._position} > {mark} "
+            f"ORDER BY {self._position} LIMIT {mark}"
         )
         entries_query = (
-            sa.select(audit_log.c.position, audit_log.c.project, audit_log.c.link)
-            .where(audit_log.c.position > sa.bindparam("after"))
-            .order_by(audit_log.c.position)
-            .limit(sa.bindparam("batch"))
+            f"SELECT position, project, link FROM {audit_log.name} WHERE position > {mark} "
+            f"ORDER BY position LIMIT {mark}"
         )
+        with closing(conn.connection.cursor()) as cursor:
+            self._pages(cursor, rows_query, entries_query, walk, project, logged_head, batch, stop)
+
+    def _pages(
+        self,
+        cursor: Any,  # the driver's own (DB-API)
+        rows_query: str,
+        entries_query: str,
+        walk: "Walk",
+        project: str | None,
+        logged_head: int,
+        batch: int,
+        stop: threading.Event | None,
+    ) -> None:
         after = walk.head
         while True:
             if stop is not None and stop.is_set():
                 raise Interrupted(f"the audit check stopped at position {after}")
-            page = {"after": after, "batch": batch}
-            rows = conn.execute(rows_query, page).all()
-            entries = conn.execute(entries_query, page).all()
+            cursor.execute(rows_query, (after, batch))
+            rows = cursor.fetchall()
+            cursor.execute(entries_query, (after, batch))
+            entries = cursor.fetchall()
             if not rows and not entries:
                 return
             # Only up to where both pages are complete.
@@ -473,9 +489,9 @@ class AuditLog:
     def _check(
         self,
         walk: "Walk",
-        rows: Sequence[sa.Row],  # type: ignore[type-arg]
+        rows: Sequence[Sequence[Any]],
         n: int,
-        entries: Sequence[sa.Row],  # type: ignore[type-arg]
+        entries: Sequence[Sequence[Any]],
         m: int,
         project: str | None,
         logged_head: int,
