@@ -32,8 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.queues import Queue
@@ -47,8 +48,9 @@ from sqlalchemy.exc import OperationalError
 
 from bench.run import machine, percentile
 from edgekeys.v1 import api_keys_pb2 as pb
-from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc
+from edgekeys.v1 import api_keys_pb2_grpc, audit_pb2_grpc, validation_pb2_grpc
 from edgekeys.v1 import audit_pb2 as apb
+from edgekeys.v1 import validation_pb2 as vpb
 from projections.audit_log import AuditLog
 from projections.catalog import PROJECTION as CATALOG
 from projections.catalog import Catalog
@@ -414,6 +416,67 @@ def verify_log(address: str) -> tuple[float, apb.VerifyAuditLogResponse]:
         start = time.perf_counter()
         reply = stub.VerifyAuditLog(apb.VerifyAuditLogRequest(), timeout=1800)
         return time.perf_counter() - start, reply
+
+
+def verify_full(address: str) -> tuple[float, apb.VerifyAuditLogResponse]:
+    """VerifyAuditLog over every event (SCOPE_FULL): seconds, reply."""
+    with grpc.insecure_channel(address) as channel:
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
+        start = time.perf_counter()
+        reply = stub.VerifyAuditLog(
+            apb.VerifyAuditLogRequest(scope=apb.VerifyAuditLogRequest.SCOPE_FULL), timeout=1800
+        )
+        return time.perf_counter() - start, reply
+
+
+def gateway_key(address: str) -> tuple[str, str]:
+    """A fresh key for ValidateApiKey: (secret, deployment)."""
+    deployment = "projects/proj-0/deployments/model-main"
+    with grpc.insecure_channel(address) as channel:
+        created = api_keys_pb2_grpc.ApiKeyServiceStub(channel).CreateApiKey(
+            pb.CreateApiKeyRequest(
+                parent="projects/proj-0",
+                api_key=pb.ApiKey(display_name="bench gateway", deployments=[deployment]),
+            ),
+            timeout=30,
+        )
+    return created.secret, deployment
+
+
+def validate_while(
+    address: str, secret: str, deployment: str, running: Callable[[], bool]
+) -> list[float]:
+    """ValidateApiKey latencies, one call after another (as a gateway's single
+    connection), for as long as `running()` holds."""
+    request = vpb.ValidateApiKeyRequest(secret=secret, deployment=deployment)
+    latencies: list[float] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = validation_pb2_grpc.ValidationServiceStub(channel)
+        for _ in range(200):  # warm up the channel and the server
+            stub.ValidateApiKey(request, timeout=30)
+        while running() or len(latencies) < 500:
+            start = time.perf_counter()
+            verdict = stub.ValidateApiKey(request, timeout=30).verdict
+            latencies.append(time.perf_counter() - start)
+            assert verdict == vpb.VERDICT_ALLOWED, verdict
+    return latencies
+
+
+def validation_during_verify(
+    address: str, quiet_seconds: float
+) -> tuple[list[float], list[float], float, apb.VerifyAuditLogResponse]:
+    """ValidateApiKey latencies for `quiet_seconds` with nothing else running, then
+    while a full VerifyAuditLog runs; and that verification's seconds and reply."""
+    secret, deployment = gateway_key(address)
+    until = time.perf_counter() + quiet_seconds
+    quiet = validate_while(address, secret, deployment, lambda: time.perf_counter() < until)
+    outcome: list[tuple[float, apb.VerifyAuditLogResponse]] = []
+    verifier = threading.Thread(target=lambda: outcome.append(verify_full(address)))
+    verifier.start()
+    busy = validate_while(address, secret, deployment, verifier.is_alive)
+    verifier.join()
+    [(took, reply)] = outcome
+    return quiet, busy, took, reply
 
 
 def hash_rows(path: Path, table: str) -> tuple[float, int, bytes]:

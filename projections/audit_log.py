@@ -12,9 +12,11 @@ rows that index them, right after each event is committed, and never recomputed.
 
 import bisect
 import hashlib
+import multiprocessing
 import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +32,7 @@ from service.domain.names import key_project
 GENESIS = bytes(32)
 PAGE = 20_000  # rows per query of a verification: few round trips, bounded memory
 ROW_HEAD = struct.Struct(">Q16sQ")  # position, originator ID, version, as link() frames them
+CHUNK_PAGES = 5  # pages per call of a child: a stop is heeded within a second
 INFINITE = 2**63  # beyond every position
 NAMES_CACHED = 100_000  # key names kept in memory; the rest are read from the log
 
@@ -154,7 +157,9 @@ class Walk:
     previous: bytes = GENESIS  # the link at `head`
     head: int = 0
     start: int = 0
+    after: int = 0  # the position read up to
     checked: int = 0
+    done: bool = False  # the end reached, or a problem found
     bad_position: int = 0
     problem: str = ""
 
@@ -178,7 +183,12 @@ class Walk:
 
 
 class AuditLog:
-    def __init__(self, engine: sa.Engine, events_table: str) -> None:
+    def __init__(
+        self, engine: sa.Engine, events_table: str, *, verify_elsewhere: bool = False
+    ) -> None:
+        """`verify_elsewhere`: recompute links in a child process, whose work never
+        holds this process's GIL (a serving process: validation latency must not move
+        while a verification runs)."""
         self.engine = engine
         self.events_table = events_table
         # The store's own position column: SQLite's rowid, PostgreSQL's notification_id.
@@ -186,10 +196,10 @@ class AuditLog:
         with engine.connect() as conn, conn.execution_options(writing=True).begin():
             metadata.create_all(conn)  # under the write lock, as the catalog does
         self._names: dict[UUID, str] = {}
-        self._topics: dict[str, bytes] = {}  # topic → its framing in a link
-        self._uuid_bytes: Callable[[object], bytes] = (
-            _uuid_text_bytes if engine.dialect.name == "sqlite" else _uuid_bytes
-        )
+        self.chain = Chain(engine, events_table)
+        self._elsewhere = verify_elsewhere
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def position(self) -> int:
@@ -349,8 +359,10 @@ class AuditLog:
                     return walk.failed(
                         base.position, f"the log does not match stored checkpoint {base.sequence}"
                     )
-                walk = Walk(previous=base.link, head=base.position, start=base.position)
-            self._recompute(conn, walk, project, logged_head, batch, stop)
+                walk = Walk(
+                    previous=base.link, head=base.position, start=base.position, after=base.position
+                )
+            walk = self._recompute(walk, project, logged_head, batch, stop)
             if walk.problem:
                 return walk.result()
             if not incremental:
@@ -364,6 +376,47 @@ class AuditLog:
         if not walk.problem and project is None:
             self._store_checkpoint(walk.head, walk.previous)
         return walk.result()
+
+    def _recompute(
+        self,
+        walk: Walk,
+        project: str | None,
+        logged_head: int,
+        batch: int,
+        stop: threading.Event | None,
+    ) -> Walk:
+        """The chain recomputed a chunk at a time, heeding `stop` between chunks."""
+        while not walk.done:
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"the audit check stopped at position {walk.after}")
+            walk = self._chunk(walk, project, logged_head, batch)
+        return walk
+
+    def _chunk(self, walk: Walk, project: str | None, logged_head: int, batch: int) -> Walk:
+        if not self._elsewhere:
+            return self.chain.recompute(walk, project, logged_head, batch, CHUNK_PAGES)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
+            pool = self._pool
+        url = self.engine.url.render_as_string(hide_password=False)
+        return pool.submit(
+            _recompute_elsewhere,
+            url,
+            self.events_table,
+            walk,
+            project,
+            logged_head,
+            batch,
+            CHUNK_PAGES,
+        ).result()
+
+    def close(self) -> None:
+        """Stop the verifying child process, if one was started."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @staticmethod
     def _link_at(conn: sa.Connection, position: int) -> bytes | None:
@@ -427,17 +480,27 @@ class AuditLog:
             ).first()
         return None if last is None else (int(last.position), bytes(last.link))
 
-    def _recompute(
-        self,
-        conn: sa.Connection,
-        walk: "Walk",
-        project: str | None,
-        logged_head: int,
-        batch: int,
-        stop: threading.Event | None,
-    ) -> None:
+
+class Chain:
+    """Recomputes links from the stored rows, reading only: in the serving process or
+    in a verifying child process (see Verifier)."""
+
+    def __init__(self, engine: sa.Engine, events_table: str) -> None:
+        self.engine = engine
+        self.events_table = events_table
+        # The store's own position column: SQLite's rowid, PostgreSQL's notification_id.
+        self._position = "rowid" if engine.dialect.name == "sqlite" else "notification_id"
+        self._topics: dict[str, bytes] = {}  # topic → its framing in a link
+        self._uuid_bytes: Callable[[object], bytes] = (
+            _uuid_text_bytes if engine.dialect.name == "sqlite" else _uuid_bytes
+        )
+
+    def recompute(
+        self, walk: "Walk", project: str | None, logged_head: int, batch: int, pages: int
+    ) -> "Walk":
         """Walk the logged entries and the stored rows side by side, a page of each
-        per query, recomputing links, until the end or the first problem."""
+        per query, recomputing links, from `walk.after` on: until the end or the first
+        problem (then `walk.done`), or for `pages` pages."""
         # Plain DB-API cursors: SQLAlchemy's Row objects were a fifth of the time.
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         rows_query = (
@@ -449,10 +512,16 @@ class AuditLog:
             f"SELECT position, project, link FROM {audit_log.name} WHERE position > {mark} "
             f"ORDER BY position LIMIT {mark}"
         )
-        with closing(conn.connection.cursor()) as cursor:
-            self._pages(cursor, rows_query, entries_query, walk, project, logged_head, batch, stop)
+        with self.engine.connect() as conn, closing(conn.connection.cursor()) as cursor:
+            for _ in range(pages):
+                if not self._page(
+                    cursor, rows_query, entries_query, walk, project, logged_head, batch
+                ):
+                    walk.done = True
+                    break
+        return walk
 
-    def _pages(
+    def _page(
         self,
         cursor: Any,  # the driver's own (DB-API)
         rows_query: str,
@@ -461,30 +530,28 @@ class AuditLog:
         project: str | None,
         logged_head: int,
         batch: int,
-        stop: threading.Event | None,
-    ) -> None:
-        after = walk.head
-        while True:
-            if stop is not None and stop.is_set():
-                raise Interrupted(f"the audit check stopped at position {after}")
-            cursor.execute(rows_query, (after, batch))
-            rows = cursor.fetchall()
-            cursor.execute(entries_query, (after, batch))
-            entries = cursor.fetchall()
-            if not rows and not entries:
-                return
-            # Only up to where both pages are complete.
-            last = min(
-                entries[-1][0] if len(entries) == batch else INFINITE,
-                rows[-1][0] if len(rows) == batch else INFINITE,
-            )
-            if last == INFINITE:
-                last = max(entries[-1][0] if entries else 0, rows[-1][0] if rows else 0)
-            n = bisect.bisect_right(rows, last, key=_first)
-            m = bisect.bisect_right(entries, last, key=_first)
-            if not self._check(walk, rows, n, entries, m, project, logged_head):
-                return
-            after = last
+    ) -> bool:
+        """One page of each; False once the walk is over."""
+        after = walk.after
+        cursor.execute(rows_query, (after, batch))
+        rows = cursor.fetchall()
+        cursor.execute(entries_query, (after, batch))
+        entries = cursor.fetchall()
+        if not rows and not entries:
+            return False
+        # Only up to where both pages are complete.
+        last = min(
+            entries[-1][0] if len(entries) == batch else INFINITE,
+            rows[-1][0] if len(rows) == batch else INFINITE,
+        )
+        if last == INFINITE:
+            last = max(entries[-1][0] if entries else 0, rows[-1][0] if rows else 0)
+        n = bisect.bisect_right(rows, last, key=_first)
+        m = bisect.bisect_right(entries, last, key=_first)
+        if not self._check(walk, rows, n, entries, m, project, logged_head):
+            return False
+        walk.after = last
+        return True
 
     def _check(
         self,
@@ -562,6 +629,25 @@ class AuditLog:
             ).digest()
         except (ValueError, TypeError, AttributeError, OverflowError, struct.error):
             return None
+
+
+_chains: dict[tuple[str, str], Chain] = {}  # in a verifying child process
+
+
+def _recompute_elsewhere(
+    url: str,
+    events_table: str,
+    walk: Walk,
+    project: str | None,
+    logged_head: int,
+    batch: int,
+    pages: int,
+) -> Walk:
+    """Chain.recompute in the verifying child process, with an engine of its own."""
+    chain = _chains.get((url, events_table))
+    if chain is None:
+        chain = _chains[(url, events_table)] = Chain(sa.create_engine(url), events_table)
+    return chain.recompute(walk, project, logged_head, batch, pages)
 
 
 def _notification(row: sa.Row) -> Notification:  # type: ignore[type-arg]

@@ -215,7 +215,7 @@ class StoreSource:
         self.settings = settings
         self.keys = KeyStore(settings.database_url, clock, settings.encryption_key)
         self.catalog = Catalog(self.keys.engine, self.keys.sealer("catalog"))
-        self.audit = AuditLog(self.keys.engine, self.keys.events_table)
+        self.audit = AuditLog(self.keys.engine, self.keys.events_table, verify_elsewhere=True)
         self.projector = self.keys.projector(server.index, self.catalog, self.audit)
         self.last_use = LastUse(self.catalog, settings.last_use_interval)
         self.uses = self.last_use.pending
@@ -279,6 +279,7 @@ class StoreSource:
         await self.last_use.flush()
         self.writer.close()
         self.keys.close()
+        await asyncio.to_thread(self.audit.close)
         self.catalog.engine.dispose()
 
     def poll_now(self) -> None:
