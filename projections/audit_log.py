@@ -33,6 +33,9 @@ GENESIS = bytes(32)
 PAGE = 20_000  # rows per query of a verification: few round trips, bounded memory
 ROW_HEAD = struct.Struct(">Q16sQ")  # position, originator ID, version, as link() frames them
 CHUNK_PAGES = 5  # pages per call of a child: a stop is heeded within a second
+# A check with fewer rows than this left runs on the caller's thread: starting a child
+# process costs more than it saves (and every start of a small store would pay it).
+ELSEWHERE_FROM = PAGE * CHUNK_PAGES
 INFINITE = 2**63  # beyond every position
 NAMES_CACHED = 100_000  # key names kept in memory; the rest are read from the log
 
@@ -393,7 +396,7 @@ class AuditLog:
         return walk
 
     def _chunk(self, walk: Walk, project: str | None, logged_head: int, batch: int) -> Walk:
-        if not self._elsewhere:
+        if not self._elsewhere or logged_head - walk.after < ELSEWHERE_FROM:
             return self.chain.recompute(walk, project, logged_head, batch, CHUNK_PAGES)
         with self._pool_lock:
             if self._pool is None:
