@@ -6,6 +6,7 @@ from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -180,23 +181,35 @@ class WatchEventsResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[AuditEvent, _Mapping]] = ...) -> None: ...
 
 class VerifyAuditLogRequest(_message.Message):
-    __slots__ = ("parent", "checkpoint")
+    __slots__ = ("parent", "checkpoint", "scope")
+    class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SCOPE_UNSPECIFIED: _ClassVar[VerifyAuditLogRequest.Scope]
+        SCOPE_FULL: _ClassVar[VerifyAuditLogRequest.Scope]
+        SCOPE_SINCE_STORED_CHECKPOINT: _ClassVar[VerifyAuditLogRequest.Scope]
+    SCOPE_UNSPECIFIED: VerifyAuditLogRequest.Scope
+    SCOPE_FULL: VerifyAuditLogRequest.Scope
+    SCOPE_SINCE_STORED_CHECKPOINT: VerifyAuditLogRequest.Scope
     PARENT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     parent: str
     checkpoint: Checkpoint
-    def __init__(self, parent: _Optional[str] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+    scope: VerifyAuditLogRequest.Scope
+    def __init__(self, parent: _Optional[str] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., scope: _Optional[_Union[VerifyAuditLogRequest.Scope, str]] = ...) -> None: ...
 
 class VerifyAuditLogResponse(_message.Message):
-    __slots__ = ("ok", "first_bad_position", "events_checked", "checkpoint", "problem")
+    __slots__ = ("ok", "first_bad_position", "events_checked", "checkpoint", "problem", "verified_from")
     OK_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_POSITION_FIELD_NUMBER: _ClassVar[int]
     EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FROM_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     first_bad_position: int
     events_checked: int
     checkpoint: Checkpoint
     problem: str
-    def __init__(self, ok: _Optional[bool] = ..., first_bad_position: _Optional[int] = ..., events_checked: _Optional[int] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., problem: _Optional[str] = ...) -> None: ...
+    verified_from: int
+    def __init__(self, ok: _Optional[bool] = ..., first_bad_position: _Optional[int] = ..., events_checked: _Optional[int] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., problem: _Optional[str] = ..., verified_from: _Optional[int] = ...) -> None: ...

@@ -153,7 +153,12 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             checkpoint = (request.checkpoint.position, digest)
         try:
             result = await asyncio.to_thread(
-                self.audit.verify, project=project, checkpoint=checkpoint, stop=self.stopping
+                self.audit.verify,
+                project=project,
+                checkpoint=checkpoint,
+                incremental=request.scope
+                == apb.VerifyAuditLogRequest.SCOPE_SINCE_STORED_CHECKPOINT,
+                stop=self.stopping,
             )
         except Interrupted:
             raise Unavailable(
@@ -165,6 +170,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             events_checked=result.events_checked,
             checkpoint=apb.Checkpoint(position=result.head_position, digest=result.head_link.hex()),
             problem=result.problem,
+            verified_from=result.verified_from,
         )
 
     def _page(

@@ -93,6 +93,12 @@ def add_commands(commands: Any, options: argparse.ArgumentParser) -> None:
     verify.add_argument(
         "--checkpoint", type=checkpoint, help="POSITION:DIGEST returned by an earlier verify"
     )
+    verify.add_argument(
+        "--full",
+        action="store_true",
+        help="recompute every link from the first event (default: only those after the "
+        "server's stored checkpoint, the head of the last check that passed)",
+    )
     verify.set_defaults(run=audit_verify)
 
 
@@ -241,7 +247,10 @@ def audit_log(client: Client, arguments: argparse.Namespace) -> int:
 
 def audit_verify(client: Client, arguments: argparse.Namespace) -> int:
     request = apb.VerifyAuditLogRequest(
-        parent=project_name(arguments.project) if arguments.project else ""
+        parent=project_name(arguments.project) if arguments.project else "",
+        scope=apb.VerifyAuditLogRequest.SCOPE_FULL
+        if arguments.full
+        else apb.VerifyAuditLogRequest.SCOPE_SINCE_STORED_CHECKPOINT,
     )
     if arguments.checkpoint:
         request.checkpoint.CopyFrom(arguments.checkpoint)
@@ -250,8 +259,14 @@ def audit_verify(client: Client, arguments: argparse.Namespace) -> int:
         client.emit(result)
     elif result.ok:
         print(
-            f"ok: {result.events_checked} events verified\n"
-            f"checkpoint: {result.checkpoint.position}:{result.checkpoint.digest}\n"
+            f"ok: {result.events_checked} events verified"
+            + (
+                f" after the server's checkpoint at position {result.verified_from} "
+                "(--full checks every event)\n"
+                if result.verified_from
+                else " from the first\n"
+            )
+            + f"checkpoint: {result.checkpoint.position}:{result.checkpoint.digest}\n"
             "keep the checkpoint; pass it back with --checkpoint to detect history rewritten "
             "or cut off since",
             file=client.out,

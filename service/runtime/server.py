@@ -215,7 +215,7 @@ class StoreSource:
         self.settings = settings
         self.keys = KeyStore(settings.database_url, clock, settings.encryption_key)
         self.catalog = Catalog(self.keys.engine, self.keys.sealer("catalog"))
-        self.audit = AuditLog(self.keys.engine, self.keys.events_table)
+        self.audit = AuditLog(self.keys.engine, self.keys.events_table, verify_elsewhere=True)
         self.projector = self.keys.projector(server.index, self.catalog, self.audit)
         self.last_use = LastUse(self.catalog, settings.last_use_interval)
         self.uses = self.last_use.pending
@@ -279,6 +279,7 @@ class StoreSource:
         await self.last_use.flush()
         self.writer.close()
         self.keys.close()
+        await asyncio.to_thread(self.audit.close)
         self.catalog.engine.dispose()
 
     def poll_now(self) -> None:
@@ -360,15 +361,23 @@ class StoreSource:
         self.last_sync = utc_now()
 
     async def _verify(self) -> None:
-        """Check the audit chain once at start, in the background: a store altered
-        outside edgekeys still serves, and the log says where."""
+        """Check the audit chain once at start, in the background, from the stored
+        checkpoint on (what came before was verified when it was stored; VerifyAuditLog
+        with SCOPE_FULL checks everything): a store altered outside edgekeys still
+        serves, and the log says where."""
         try:
-            result = await asyncio.to_thread(self.audit.verify, stop=self.server.stopping)
+            result = await asyncio.to_thread(
+                self.audit.verify, incremental=True, stop=self.server.stopping
+            )
         except Interrupted as interrupted:
             log.info("%s: the server is stopping", interrupted)
             return
         if result.ok:
-            log.info("audit log verified: %d events", result.events_checked)
+            log.info(
+                "audit log verified: %d events after the checkpoint at position %d",
+                result.events_checked,
+                result.verified_from,
+            )
         else:
             log.error("audit log verification failed: %s", result.problem)
 

@@ -3,7 +3,6 @@ background, and not a VerifyAuditLog in flight, which fails UNAVAILABLE instead.
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -16,23 +15,20 @@ from projections import audit_log as audit
 from projections.audit_log import AuditLog
 from tests.conftest import RunningServer
 
-LINK = b"x" * 32
 
-
-def endless(self: AuditLog, batch: int) -> Iterator[tuple[str, int, bytes, Any]]:
-    """A sound log that takes forever to walk: one entry every 10 ms."""
-    position = 0
-    while True:
-        time.sleep(0.01)
-        position += 1
-        yield "acme", position, LINK, object()
+def endless(
+    self: AuditLog, walk: audit.Walk, project: str | None, logged_head: int, batch: int
+) -> audit.Walk:
+    """A sound log that takes forever to walk: one more chunk every 10 ms, never done."""
+    time.sleep(0.01)
+    walk.after += 1
+    return walk
 
 
 def test_stopping_interrupts_audit_checks(
     running: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(AuditLog, "_walk", endless)
-    monkeypatch.setattr(audit, "link", lambda previous, row: LINK)
+    monkeypatch.setattr(AuditLog, "_chunk", endless)
     running.restart()  # so that the start-up check walks the endless log too
     outcome: list[Any] = []
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -142,3 +144,42 @@ def test_errors_are_one_line_with_a_nonzero_exit(served: ServeProcess, tmp_path:
     assert len(unreachable.stderr.strip().splitlines()) == 1
     assert "cannot reach 127.0.0.1:9" in unreachable.stderr
     assert "Traceback" not in missing.stderr + unreachable.stderr
+
+
+def test_verify_full_finds_what_the_default_check_after_the_checkpoint_trusts(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "edgekeys.db"
+    own = ServeProcess(database)
+    own.start()
+    try:
+        make_history(own)
+        full = edgekeys(own, "audit", "verify", "--full")
+        assert full.returncode == 0, full.stderr
+        assert full.stdout.startswith("ok: 3 events verified from the first\n")
+        assert own.stop() == 0
+        with closing(sqlite3.connect(database)) as db:  # the KeyCreated event, position 1
+            state: bytes = db.execute("SELECT state FROM stored_events WHERE rowid = 1").fetchone()[
+                0
+            ]
+            at = state.index(b"llama")
+            db.execute(
+                "UPDATE stored_events SET state = ? WHERE rowid = 1",
+                (state[:at] + b"F" + state[at + 1 :],),
+            )
+            db.commit()
+        own.start()
+        since = edgekeys(own, "audit", "verify")
+        assert since.returncode == 0, since.stderr
+        assert since.stdout.startswith(
+            "ok: 0 events verified after the server's checkpoint at position 3 "
+            "(--full checks every event)\n"
+        )
+        caught = edgekeys(own, "audit", "verify", "--full")
+        assert caught.returncode == 1
+        assert caught.stdout.startswith("FAILED at position 1: position 1:")
+        as_json = edgekeys(own, "audit", "verify", "--full", "--json")
+        assert json.loads(as_json.stdout)["first_bad_position"] == "1"
+    finally:
+        if own.process is not None and own.process.poll() is None:
+            own.stop()
