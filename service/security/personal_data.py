@@ -9,6 +9,7 @@ under it (service.security.sealing), so a copy of the database alone does not op
 
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +39,7 @@ class DataKeys:
         create_tables(engine, _metadata)
         self._cache: dict[UUID, bytes | None] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # .sides: where `deferred` collects inserts
 
     def find(self, owner: UUID) -> bytes | None:
         with self._lock:
@@ -53,10 +55,24 @@ class DataKeys:
         return found
 
     def find_or_create(self, owner: UUID) -> bytes:
-        """Committed before the event that uses it, so no stored event is unreadable."""
+        """Committed with the event that uses it (see `deferred`), or else before it, so
+        no stored event is unreadable."""
         if (found := self.find(owner)) is not None:
             return found
         data_key = new_key()
+        sides: list[Side] | None = getattr(self._local, "sides", None)
+        if sides is not None:
+            row = self._row(owner, data_key)
+            sides.append(
+                Side(
+                    "INSERT INTO personal_data_keys (owner, data_key) VALUES (?, ?)",
+                    (row["owner"], row["data_key"]),
+                )
+            )
+            self._local.created.append(owner)
+            with self._lock:
+                self._cache[owner] = data_key
+            return data_key
         with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             existing = conn.execute(
                 sa.select(_keys.c.data_key).where(_keys.c.owner == owner.hex)
@@ -67,6 +83,24 @@ class DataKeys:
         with self._lock:
             self._cache[owner] = data_key
         return data_key
+
+    @contextmanager
+    def deferred(self, sides: list[Side]) -> Iterator[None]:
+        """Data keys created in this block, on this thread, commit with the events'
+        transaction that the block runs (saves one commit per new key): their inserts
+        are appended to `sides`, which the recorder reads once the events are encoded.
+        Should the block fail, they are forgotten: none of them was stored."""
+        created: list[UUID] = []
+        self._local.sides, self._local.created = sides, created
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                for owner in created:
+                    self._cache.pop(owner, None)
+            raise
+        finally:
+            self._local.sides = None
 
     def all(self) -> Iterator[tuple[UUID, bytes]]:
         """Every data key (to copy a store)."""
