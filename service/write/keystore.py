@@ -185,7 +185,9 @@ class KeyStore(Application[UUID]):
         sides = processing_event.saved_kwargs["side"] = [
             *processing_event.saved_kwargs.get("side", ())
         ]
-        with self.data_keys.deferred(sides):
+        # A version-1 event stored means the key had no event before it.
+        new = {e.originator_id for e in processing_event.events if e.originator_version == 1}
+        with self.data_keys.deferred(sides, new):
             return super()._record(processing_event)
 
     def _after_stored(self, action: Callable[[], None]) -> None:
