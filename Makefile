@@ -41,6 +41,7 @@ lint: $(INSTALLED)
 # bench.replicas and bench-scale need PostgreSQL (EDGEKEYS_TEST_POSTGRES, as the tests).
 bench: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.creates
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.replicas
 

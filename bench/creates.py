@@ -179,7 +179,13 @@ def stored_events(database: Path | str) -> int:
         with sqlite3.connect(database) as db:
             return int(db.execute("SELECT max(rowid) FROM stored_events").fetchone()[0] or 0)
     with psycopg.connect(database) as db:
-        found = db.execute("SELECT max(notification_id) FROM stored_events").fetchone()
+        # The event store's table: the one with the notification ids.
+        table = db.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND column_name = 'notification_id'"
+        ).fetchone()
+        assert table, "no event store in the database"
+        found = db.execute(f"SELECT max(notification_id) FROM {table[0]}").fetchone()
         return int(found[0] or 0) if found else 0
 
 
