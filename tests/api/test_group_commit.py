@@ -159,3 +159,21 @@ def test_a_create_of_a_key_that_exists_fails_alone_and_the_rest_of_its_batch_is_
         "made-twice",
         "taken",
     ]
+
+
+def test_a_create_and_its_retry_in_one_batch_make_one_key_and_one_secret(
+    running: RunningServer,
+) -> None:
+    request = pb.CreateApiKeyRequest(
+        parent="projects/acme",
+        request_id="6f1c1f5e-8a63-4a57-9d87-1f0e6c1d2b3a",
+        api_key=pb.ApiKey(display_name="retried", deployments=[LLAMA]),
+    )
+    with writer_held(running, 2):
+        first, retry = (running.keys.CreateApiKey.future(request) for _ in range(2))
+    replies = [outcome(first), outcome(retry)]
+
+    assert replies[0].api_key.name == replies[1].api_key.name
+    assert sorted(bool(reply.secret) for reply in replies) == [False, True]
+    listed = running.keys.ListApiKeys(pb.ListApiKeysRequest(parent="projects/acme"))
+    assert [key.name for key in listed.api_keys] == [replies[0].api_key.name]
