@@ -8,9 +8,9 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from projections.projector import Projector
@@ -19,6 +19,7 @@ from service.storage.database import UNREACHABLE, StoreUnavailable
 from service.write.keystore import BatchRefused, Conflict
 
 T = TypeVar("T")
+Outcome = tuple[Any, BaseException | None]  # a write's result, or what it raised
 log = logging.getLogger(__name__)
 # On a version conflict with another writer (another replica), when no etag pins the
 # version: attempts, after a random pause that grows, so that two replicas hammering one
@@ -34,7 +35,7 @@ class _Write:
 
     change: Callable[[], Any]
     context: contextvars.Context  # the caller's: lines logged on the thread name its method
-    done: Future[Any] = field(default_factory=Future)
+    done: asyncio.Future[Any]  # of the caller's event loop: settled there
 
 
 class Writer:
@@ -74,13 +75,16 @@ class Writer:
         edgekeys_store_write_seconds), then bring the projections up to date. A change
         that lost a race with another writer (Conflict) is queued again after a pause."""
         change = functools.partial(write, *args, **kwargs)
+        loop = asyncio.get_running_loop()
         for attempt in range(MAX_ATTEMPTS):
-            queued = _Write(change, contextvars.copy_context())
+            queued = _Write(change, contextvars.copy_context(), loop.create_future())
             self._queue.append(queued)
+            # Some batch takes it, at the latest the one this call starts. The caller
+            # hears back when that batch is done, not when this call's own turn on the
+            # thread comes (it may come behind later batches).
+            self._thread.submit(self._drain)
             try:
-                # Some batch takes it, at the latest the one this call starts.
-                await self._on_thread(self._drain)
-                result: T = queued.done.result()
+                result: T = await queued.done
                 return result
             except Conflict:
                 await asyncio.sleep(random.uniform(0, min(BACKOFF * 2**attempt, 0.1)))
@@ -112,20 +116,30 @@ class Writer:
         if not batch:
             return  # an earlier call took this call's write
         started = time.perf_counter()
-        outcomes: list[tuple[Any, BaseException | None]]
+        outcomes: list[Outcome]
         try:
             outcomes = [self._apply(batch[0])] if len(batch) == 1 else self._together(batch)
         finally:
             self.observe(time.perf_counter() - started)
             if self.reachable():
                 self._project()
+        try:
+            batch[0].done.get_loop().call_soon_threadsafe(self._answer, batch, outcomes)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            log.warning("%d writes finished after the server's event loop closed", len(batch))
+
+    def _answer(self, batch: list[_Write], outcomes: list[Outcome]) -> None:
+        """On the event loop: what follows each write, then each caller's answer."""
+        self.on_projected()
         for write, (result, error) in zip(batch, outcomes, strict=True):
+            if write.done.cancelled():
+                continue
             if error is None:
                 write.done.set_result(result)
             else:
                 write.done.set_exception(error)
 
-    def _together(self, batch: list[_Write]) -> list[tuple[Any, BaseException | None]]:
+    def _together(self, batch: list[_Write]) -> list[Outcome]:
         try:
             with self.group():
                 return [self._apply(write) for write in batch]
@@ -139,7 +153,7 @@ class Writer:
             log.exception("a batch of %d writes failed", len(batch))
             return [(None, error)] * len(batch)
 
-    def _apply(self, write: _Write) -> tuple[Any, BaseException | None]:
+    def _apply(self, write: _Write) -> Outcome:
         """One write, in its caller's context: its result, or what it raised."""
         if not self.reachable():
             return None, StoreUnavailable()
