@@ -42,6 +42,7 @@ lint: $(INSTALLED)
 bench: $(INSTALLED) bench-tools
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.creates
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.replicas
 	$(BIN)/python -m bench.fold

@@ -226,6 +226,7 @@ class StoreSource:
             server.metrics.store_writes.observe,
             lambda: self.reachable,
             self._unreachable,
+            group=self.keys.batch,
         )
         server.metrics.watch(self._lags, server.index.__len__, lambda: self.reachable)
         self.status = StoreStatus(server.index, self._head, lambda: self.last_sync)

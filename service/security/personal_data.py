@@ -9,6 +9,7 @@ under it (service.security.sealing), so a copy of the database alone does not op
 
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +39,7 @@ class DataKeys:
         create_tables(engine, _metadata)
         self._cache: dict[UUID, bytes | None] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # what `deferred` collects, on its thread
 
     def find(self, owner: UUID) -> bytes | None:
         with self._lock:
@@ -70,7 +72,11 @@ class DataKeys:
                 self._cache.setdefault(owner, data_key)
 
     def find_or_create(self, owner: UUID) -> bytes:
-        """Committed before the event that uses it, so no stored event is unreadable."""
+        """Committed with the event that uses it (see `deferred`), or else before it, so
+        no stored event is unreadable."""
+        pending: dict[UUID, bytes] | None = getattr(self._local, "pending", None)
+        if pending is not None:
+            return self._deferred(owner, pending)
         if (found := self.find(owner)) is not None:
             return found
         data_key = new_key()
@@ -84,6 +90,41 @@ class DataKeys:
         with self._lock:
             self._cache[owner] = data_key
         return data_key
+
+    def _deferred(self, owner: UUID, pending: dict[UUID, bytes]) -> bytes:
+        if (made := pending.get(owner)) is not None:
+            return made
+        new = owner in self._local.new
+        if not new and (found := self.find(owner)) is not None:
+            return found
+        data_key = pending[owner] = new_key()
+        row = self._row(owner, data_key)
+        insert = "INSERT INTO personal_data_keys (owner, data_key) VALUES (?, ?)"
+        if new:
+            # Replaces a row left by an older edgekeys whose create failed after it had
+            # committed the data key: no stored event used that one.
+            insert += " ON CONFLICT (owner) DO UPDATE SET data_key = excluded.data_key"
+        self._local.sides.append(Side(insert, (row["owner"], row["data_key"])))
+        return data_key
+
+    @contextmanager
+    def deferred(self, sides: list[Side], new: Iterable[UUID] = ()) -> Iterator[None]:
+        """Data keys created in this block, on this thread, commit with the events'
+        transaction that the block runs (saves one commit per new key): their inserts
+        are appended to `sides`, which the recorder reads once the events are encoded.
+        They are known to other threads only once the block has succeeded.
+
+        `new`: owners whose first event that transaction stores (it fails if they have
+        any already), so none of their events can use an older data key: theirs is
+        made without looking for one."""
+        pending: dict[UUID, bytes] = {}
+        self._local.sides, self._local.pending, self._local.new = sides, pending, set(new)
+        try:
+            yield
+        finally:
+            self._local.sides = self._local.pending = None
+        with self._lock:
+            self._cache.update(pending)
 
     def all(self) -> Iterator[tuple[UUID, bytes]]:
         """Every data key (to copy a store)."""
@@ -135,8 +176,13 @@ class DataKeys:
         if self.engine.dialect.name != "sqlite":
             return True
         with self.engine.connect() as conn:
-            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
-        return not busy
+            # A pooled connection that has read nothing since the store turned to WAL
+            # mode takes it for a rollback journal, and its checkpoint does not run
+            # (log -1) yet says no reader was in its way: a read first.
+            conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1").all()
+            conn.rollback()  # the read's snapshot would hold the checkpoint back
+            busy, log, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        return not busy and log != -1
 
 
 class PersonalDataAsCiphertext(Transcoding):

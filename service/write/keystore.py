@@ -4,15 +4,19 @@ No transport and no read models here; the gRPC layer calls these methods and
 the projections follow the store.
 """
 
+import copy
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
 from projections.audit_log import AuditLog
@@ -49,8 +53,25 @@ class Conflict(Exception):
     pause, without holding up other writes)."""
 
 
+class BatchRefused(Exception):
+    """A batch's transaction failed on an integrity check (another writer was first,
+    or two of its commands cannot both hold): nothing of it was stored, and its commands
+    are to run again one by one, each to its own outcome."""
+
+
 def etag_of(version: int) -> str:
     return str(version)
+
+
+@dataclass
+class _Batch:
+    """Commands run together (`KeyStore.batch`): what they saved, not yet stored."""
+
+    events: ProcessingEvent[UUID] = field(default_factory=ProcessingEvent)
+    sides: list[Side] = field(default_factory=list)
+    keys: dict[UUID, ApiKey] = field(default_factory=dict)  # each as its last save left it
+    saves: list[tuple[int, tuple[Any, ...], Request]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)  # once stored
 
 
 class KeyStore(Application[UUID]):
@@ -70,6 +91,7 @@ class KeyStore(Application[UUID]):
             self.request_log = RequestLog(self.engine)
             super().__init__(env=environment)
         self.clock = clock
+        self._local = threading.local()  # .batch: the writer thread's open batch, if any
         self._check_readable()
 
     def sealer(self, purpose: str) -> Sealer | None:
@@ -116,11 +138,77 @@ class KeyStore(Application[UUID]):
         self, *objects: Any, request: Request = NO_REQUEST, **kwargs: Any
     ) -> list[Recording[UUID]]:
         """Record the objects' new events (with `side` statements, in the same
-        transaction); one log line for each event stored, naming the request's method."""
-        recordings = super().save(*objects, **kwargs)
-        if changes.isEnabledFor(logging.INFO):
+        transaction); one log line for each event stored, naming the request's method.
+        Within `batch`, the events wait for the batch's one transaction."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is None:
+            recordings = super().save(*objects, **kwargs)
+            self._log_changes(recordings, [(0, objects, request)])
+            return recordings
+        batch.saves.append((len(batch.events.events), objects, request))
+        batch.events.collect_events(*objects)
+        batch.sides.extend(kwargs.get("side", ()))
+        for key in objects:
+            batch.keys[key.id] = key
+        return []
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run the commands of this block (on this thread) as one: what they save is
+        stored in one transaction when the block ends, and a key one of them saved is
+        seen by the next as that save left it. A command that raises saves nothing. If
+        the transaction fails on an integrity check, BatchRefused: nothing of the block
+        is stored, and the commands are to be run again one by one."""
+        batch = self._local.batch = _Batch()
+        try:
+            yield
+        finally:
+            self._local.batch = None
+        if not batch.events.events:
+            return
+        batch.events.saved_kwargs["side"] = batch.sides
+        try:
+            recordings = self._record(batch.events)
+        except IntegrityError as error:
+            raise BatchRefused(str(error)) from error
+        try:  # stored: what follows must not undo that
+            self._take_snapshots(batch.events)
+        except Exception:
+            log.exception("a snapshot after a batch failed; the next one is taken as usual")
+        self._notify(recordings)
+        self._log_changes(recordings, batch.saves)
+        for action in batch.after:
+            action()
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        # The data keys of new keys go in the events' own transaction.
+        sides = processing_event.saved_kwargs["side"] = [
+            *processing_event.saved_kwargs.get("side", ())
+        ]
+        # A version-1 event stored means the key had no event before it.
+        new = {e.originator_id for e in processing_event.events if e.originator_version == 1}
+        with self.data_keys.deferred(sides, new):
+            return super()._record(processing_event)
+
+    def _after_stored(self, action: Callable[[], None]) -> None:
+        """Run `action` once what was saved is stored: now, or at the batch's end."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is None:
+            action()
+        else:
+            batch.after.append(action)
+
+    def _log_changes(
+        self,
+        recordings: list[Recording[UUID]],
+        saves: list[tuple[int, tuple[Any, ...], Request]],
+    ) -> None:
+        if not changes.isEnabledFor(logging.INFO):
+            return
+        ends = [start for start, _, _ in saves[1:]] + [len(recordings)]
+        for (start, objects, request), end in zip(saves, ends, strict=True):
             names = {key.id: key.name for key in objects if isinstance(key, ApiKey)}
-            for recording in recordings:
+            for recording in recordings[start:end]:
                 event = recording.domain_event
                 fields = {
                     "event": type(event).__name__,
@@ -133,10 +221,14 @@ class KeyStore(Application[UUID]):
                     "position": recording.notification.id,
                 }
                 changes.info("change", extra={"fields": fields})
-        return recordings
 
     def get_key(self, name: KeyName | str, version: int | None = None) -> ApiKey:
-        """The key now, or as of `version` (replayed from a snapshot and its events)."""
+        """The key now, or as of `version` (replayed from a snapshot and its events).
+        Within `batch`, a copy of the key as the batch's last save of it left it."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        saved = batch.keys.get(ApiKey.id_for(name)) if batch and version is None else None
+        if saved is not None:  # a copy: the command that saved it answers with it as it was
+            return copy.deepcopy(saved)
         try:
             key: ApiKey = self.repository.get(ApiKey.id_for(name), version=version)
         except AggregateNotFoundError:
@@ -232,7 +324,7 @@ class KeyStore(Application[UUID]):
             side=self.data_keys.destroyed(ApiKey.id_for(name)),
             **options,
         )
-        self.data_keys.forget(key.id)
+        self._after_stored(lambda: self.data_keys.forget(key.id))
         return key
 
     def projector(self, index: ValidationIndex, catalog: Catalog, audit: AuditLog) -> Projector:
