@@ -14,23 +14,24 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from projections.catalog import KeyRecord
+from projections.catalog import KeyRecord, NameReader
 from service.storage.database import UNREACHABLE, StoreUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500  # names in one statement, well under SQLite's limit of bound values
 
-Fetch = Callable[[Sequence[str]], dict[str, KeyRecord]]
 _Waiting = tuple[str, "asyncio.Future[KeyRecord | None]"]
 
 
 class Reads:
-    """Reads keys by name with `fetch` (Catalog.get_many) on one thread, batched."""
+    """Reads keys by name on one thread, batched, with a reader that `connect`
+    (Catalog.reader) opens on that thread and that a failed read replaces."""
 
-    def __init__(self, fetch: Fetch) -> None:
-        self.fetch = fetch
+    def __init__(self, connect: Callable[[], NameReader]) -> None:
+        self.connect = connect
+        self._reader: NameReader | None = None
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -53,6 +54,13 @@ class Reads:
             self._thread.join(timeout=5)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self._serve(loop)
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -74,15 +82,31 @@ class Reads:
                 return
 
     def _read(self, batch: list[_Waiting]) -> dict[str, KeyRecord] | BaseException:
+        reader = self._reader
         try:
-            return self.fetch(list({name for name, _ in batch}))
-        except UNREACHABLE as error:
-            # The whole batch fails with it: each call would wait on the database again.
-            log.warning("catalog reads could not reach the store: %s", error)
-            return StoreUnavailable()
+            if reader is None:
+                reader = self._reader = self.connect()
+            return reader.get_many(list({name for name, _ in batch}))
         except Exception as error:
+            # A connection that failed once is not trusted again.
+            if reader is not None:
+                self._reader = None
+                _close(reader)
+            if isinstance(error, UNREACHABLE) or (
+                reader is not None and isinstance(error, reader.unreachable)
+            ):
+                # The whole batch fails with it: each call would wait on the database again.
+                log.warning("catalog reads could not reach the store: %s", error)
+                return StoreUnavailable()
             log.exception("a batch of catalog reads failed")
             return error
+
+
+def _close(reader: NameReader) -> None:
+    try:
+        reader.close()
+    except Exception:  # already broken: nothing more to release
+        log.debug("closing a failed catalog reader", exc_info=True)
 
 
 def _answer(batch: list[_Waiting], outcome: dict[str, KeyRecord] | BaseException) -> None:
