@@ -310,6 +310,13 @@ class Catalog:
         """The key named `name` (deleted keys too), with its last use."""
         return self._one(_BY_NAME, {"name": name})
 
+    @property
+    def unreachable(self) -> tuple[type[Exception], ...]:
+        """What the driver itself raises when the database cannot be reached (a
+        NameReader's connection is not wrapped by SQLAlchemy)."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        return (dbapi.OperationalError, dbapi.InterfaceError)
+
     def reader(self) -> "NameReader":
         """A reader of keys by name on a connection of its own, for one thread."""
         return NameReader(self.engine, self.words)
@@ -360,12 +367,6 @@ class NameReader:
 
     def __init__(self, engine: Engine, words: Words) -> None:
         self.words = words
-        dbapi = engine.dialect.loaded_dbapi
-        # What the driver raises when the database cannot be reached.
-        self.unreachable: tuple[type[Exception], ...] = (
-            dbapi.OperationalError,
-            dbapi.InterfaceError,
-        )
         self._statement = _BY_NAMES[engine.dialect.name]
         self._postgres = engine.dialect.name == "postgresql"
         self._connection = engine.raw_connection()  # the engine's own setup (pragmas)

@@ -14,9 +14,8 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
 
-from projections.catalog import KeyRecord, NameReader
+from projections.catalog import Catalog, KeyRecord, NameReader
 from service.storage.database import UNREACHABLE, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -26,26 +25,35 @@ _Waiting = tuple[str, "asyncio.Future[KeyRecord | None]"]
 
 
 class Reads:
-    """Reads keys by name on one thread, batched, with a reader that `connect`
-    (Catalog.reader) opens on that thread and that a failed read replaces."""
+    """Reads keys by name from the catalog on one thread, batched, with a reader
+    (Catalog.reader) opened on that thread and replaced after a failed read."""
 
-    def __init__(self, connect: Callable[[], NameReader]) -> None:
-        self.connect = connect
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._unreachable = UNREACHABLE + catalog.unreachable
         self._reader: NameReader | None = None
-        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
+        self._gathering: list[_Waiting] = []  # this turn of the loop's calls
+        self._queue: queue.SimpleQueue[list[_Waiting] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     async def get(self, name: str) -> KeyRecord | None:
         """The key named `name`, or None; what the read raises, raised here."""
+        loop = asyncio.get_running_loop()
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, args=(asyncio.get_running_loop(),), name="edgekeys-reads"
-            )
+            self._thread = threading.Thread(target=self._run, args=(loop,), name="edgekeys-reads")
             self._thread.daemon = True  # a read stuck on the database never holds up exit
             self._thread.start()
-        found: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
-        self._queue.put((name, found))
+        found: asyncio.Future[KeyRecord | None] = loop.create_future()
+        if not self._gathering:  # the first of this turn of the loop: sent at its end
+            loop.call_soon(self._send)
+        self._gathering.append((name, found))
         return await found
+
+    def _send(self) -> None:
+        """On the event loop: the calls of one turn go to the reader together (grpc
+        hands over many requests a turn), one wake-up of its thread at most."""
+        batch, self._gathering = self._gathering, []
+        self._queue.put(batch)
 
     def close(self) -> None:
         """Stop the thread once the reads queued before have been answered."""
@@ -65,16 +73,16 @@ class Reads:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch = first
             while len(batch) < MAX_BATCH:
                 try:
-                    waiting = self._queue.get_nowait()
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if waiting is None:  # closing: answer these first
+                if more is None:  # closing: answer these first
                     self._queue.put(None)
                     break
-                batch.append(waiting)
+                batch += more
             outcome = self._read(batch)
             try:
                 loop.call_soon_threadsafe(_answer, batch, outcome)
@@ -82,24 +90,40 @@ class Reads:
                 return
 
     def _read(self, batch: list[_Waiting]) -> dict[str, KeyRecord] | BaseException:
-        reader = self._reader
-        try:
-            if reader is None:
-                reader = self._reader = self.connect()
-            return reader.get_many(list({name for name, _ in batch}))
-        except Exception as error:
-            # A connection that failed once is not trusted again.
-            if reader is not None:
-                self._reader = None
-                _close(reader)
-            if isinstance(error, UNREACHABLE) or (
-                reader is not None and isinstance(error, reader.unreachable)
-            ):
-                # The whole batch fails with it: each call would wait on the database again.
-                log.warning("catalog reads could not reach the store: %s", error)
-                return StoreUnavailable()
-            log.exception("a batch of catalog reads failed")
-            return error
+        names = list({name: None for name, _ in batch})
+        # A connection kept from before may have died meanwhile (a database restart):
+        # one more try on a new one, as a pool's pre-ping would, before UNAVAILABLE.
+        for attempt in (1, 2):
+            reader = self._reader
+            try:
+                if reader is None:
+                    reader = self._reader = self.catalog.reader()
+                found: dict[str, KeyRecord] = {}
+                for start in range(0, len(names), MAX_BATCH):
+                    found.update(reader.get_many(names[start : start + MAX_BATCH]))
+                return found
+            except Exception as error:
+                if reader is not None:  # a connection that failed once is not trusted
+                    self._reader = None
+                    _close(reader)
+                if not _caused_by(error, self._unreachable):
+                    log.exception("a batch of catalog reads failed")
+                    return error
+                if attempt == 2 or reader is None:  # a new connection failed: it is down
+                    # The whole batch fails with it: each call would wait on it again.
+                    log.warning("catalog reads could not reach the store: %s", error)
+                    return StoreUnavailable()
+        raise AssertionError("unreachable")
+
+
+def _caused_by(error: BaseException | None, kinds: tuple[type[BaseException], ...]) -> bool:
+    """Whether `error`, or what it was raised from, is one of `kinds`: a pool check-out
+    that fails to reconnect raises InvalidatePoolError from the driver's error."""
+    while error is not None:
+        if isinstance(error, kinds):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _close(reader: NameReader) -> None:

@@ -219,7 +219,7 @@ class StoreSource:
         self.audit = AuditLog(self.keys.engine, self.keys.events_table)
         self.projector = self.keys.projector(server.index, self.catalog, self.audit)
         self.last_use = LastUse(self.catalog, settings.last_use_interval)
-        self.reads = Reads(self.catalog.reader)  # GetApiKey's, batched on one thread
+        self.reads = Reads(self.catalog)  # GetApiKey's, batched on one thread
         self.uses = self.last_use.pending
         self.feed = Feed()  # wakes WatchEvents' watchers
         self.writer = Writer(
