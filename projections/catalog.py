@@ -12,7 +12,7 @@ nothing to fail over.
 """
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -305,17 +305,6 @@ class Catalog:
         """The key named `name` (deleted keys too), with its last use."""
         return self._one(_BY_NAME, {"name": name})
 
-    @property
-    def unreachable(self) -> tuple[type[Exception], ...]:
-        """What the driver itself raises when the database cannot be reached (a
-        NameReader's connection is not wrapped by SQLAlchemy)."""
-        dbapi = self.engine.dialect.loaded_dbapi
-        return (dbapi.OperationalError, dbapi.InterfaceError)
-
-    def reader(self) -> "NameReader":
-        """A reader of keys by name on a connection of its own, for one thread."""
-        return NameReader(self.engine, self.words)
-
     def lookup(self, digest: bytes) -> KeyRecord | None:
         """The key whose secret, or whose secret before its last rotation, has `digest`."""
         return self._one(_BY_DIGEST, {"digest": digest})
@@ -338,59 +327,6 @@ class Catalog:
         )
         with self.engine.connect() as conn, conn.execution_options(writing=True).begin():
             conn.execute(statement, [{"key": k, "at": at} for k, at in uses.items()])
-
-
-_COLUMNS = tuple(column.name for column in keys.columns)
-_MOMENTS = tuple(c.name for c in keys.columns if isinstance(c.type, sa.DateTime))
-# Many names in one statement, and the same text whatever their number, so that the
-# driver prepares it once: a JSON array on SQLite, an array parameter on PostgreSQL.
-_BY_NAMES = {
-    "sqlite": f"SELECT {', '.join(_COLUMNS)} FROM {keys.name} "
-    "WHERE name IN (SELECT value FROM json_each(?))",
-    "postgresql": f"SELECT {', '.join(_COLUMNS)} FROM {keys.name} WHERE name = ANY(%s)",
-}
-
-
-class NameReader:
-    """GetApiKey's reads (service.api.reads): many keys by name in one statement, on a
-    DB-API connection held by one thread, with no SQLAlchemy per read (which cost more
-    than the read on SQLite).
-
-    In autocommit, so each statement sees every commit made before it, other
-    replicas' included, and no transaction stays open between reads. On SQLite (WAL) a
-    reader never waits for the writer."""
-
-    def __init__(self, engine: Engine, words: Words) -> None:
-        self.words = words
-        self._statement = _BY_NAMES[engine.dialect.name]
-        self._postgres = engine.dialect.name == "postgresql"
-        self._connection = engine.raw_connection()  # the engine's own setup (pragmas)
-        if self._postgres:
-            driver: Any = self._connection.driver_connection
-            driver.rollback()  # what a pool check-out may have begun
-            driver.autocommit = True
-
-    def get_many(self, names: Sequence[str]) -> dict[str, KeyRecord]:
-        """The keys among `names` that exist (deleted ones too), by name."""
-        values = list(names) if self._postgres else json.dumps(list(names))
-        cursor = self._connection.cursor()
-        try:
-            cursor.execute(self._statement, (values,))
-            rows = cursor.fetchall()
-        finally:
-            cursor.close()
-        found = {}
-        for row in rows:
-            mapping = dict(zip(_COLUMNS, row, strict=True))
-            for column in _MOMENTS:  # SQLite hands back text
-                if isinstance(moment := mapping[column], str):
-                    mapping[column] = datetime.fromisoformat(moment)
-            found[mapping["name"]] = _record(mapping, self.words)
-        return found
-
-    def close(self) -> None:
-        """Drop the connection (not back to the pool: it is in autocommit)."""
-        self._connection.invalidate()
 
 
 def _matching(
@@ -567,7 +503,7 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def _record(row: Mapping[str, Any] | sa.RowMapping, words: Words) -> KeyRecord:
+def _record(row: sa.RowMapping, words: Words) -> KeyRecord:
     created = _utc(row["create_time"])
     modified = _utc(row["update_time"])
     assert created is not None and modified is not None

@@ -14,7 +14,6 @@ from projections.catalog import Catalog
 from service.api import fields
 from service.api.errors import InvalidArgument
 from service.api.messages import api_key_message, from_micros, micros
-from service.api.reads import Reads
 from service.domain import keyformat
 from service.domain.api_key import ApiKey
 from service.domain.errors import KeyNotFound, StaleEtag
@@ -55,14 +54,11 @@ def _mutation_options(request: Any, name: KeyName) -> dict[str, Any]:
 
 
 class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
-    def __init__(
-        self, keys: KeyStore, catalog: Catalog, writer: Writer, last_use: LastUse, reads: Reads
-    ) -> None:
+    def __init__(self, keys: KeyStore, catalog: Catalog, writer: Writer, last_use: LastUse) -> None:
         self.keys = keys
         self.catalog = catalog
         self.writer = writer
         self.last_use = last_use
-        self.reads = reads
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -94,9 +90,8 @@ class ApiKeyService(api_keys_pb2_grpc.ApiKeyServiceServicer):
         name = fields.key_name(request.name)
         authorize(name.project)
         # From the catalog, which the writer brings up to date before it replies: one
-        # indexed row, instead of the key's events replayed; read with the GetApiKey
-        # calls beside it (service.api.reads).
-        found = await self.reads.get(str(name))
+        # indexed row, instead of the key's events replayed.
+        found = await asyncio.to_thread(self.catalog.get, str(name))
         if found is None:
             raise KeyNotFound(f"{name} does not exist")
         last_use = self.last_use.latest(found.name, found.last_use_time)

@@ -43,12 +43,9 @@ class _Text(logging.Formatter):
         return f"{head} {pairs}{newline}{trace}"
 
 
-_QUOTED = frozenset(' "=\\')  # what a bare value may not hold
-
-
 def _text(value: object) -> str:
     text = str(value)
-    if not text or not _QUOTED.isdisjoint(text) or not text.isprintable():
+    if not text or any(c in text for c in ' "=\\') or not text.isprintable():
         return json.dumps(text, ensure_ascii=False)
     return text
 

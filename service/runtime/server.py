@@ -30,7 +30,6 @@ from service.api.audit import AuditService
 from service.api.ext_authz import AuthorizationService
 from service.api.interceptors import Access, Calls, InFlight
 from service.api.keys import ApiKeyService
-from service.api.reads import Reads
 from service.api.replication import ReplicaStatus, ReplicationService, StoreStatus
 from service.api.validation import ValidationService
 from service.api.validator import Validator
@@ -219,7 +218,6 @@ class StoreSource:
         self.audit = AuditLog(self.keys.engine, self.keys.events_table, verify_elsewhere=True)
         self.projector = self.keys.projector(server.index, self.catalog, self.audit)
         self.last_use = LastUse(self.catalog, settings.last_use_interval)
-        self.reads = Reads(self.catalog)  # GetApiKey's, batched on one thread
         self.uses = self.last_use.pending
         self.feed = Feed()  # wakes WatchEvents' watchers
         self.writer = Writer(
@@ -250,7 +248,7 @@ class StoreSource:
 
     def serve(self) -> None:
         gate = self.server.gate
-        keys = ApiKeyService(self.keys, self.catalog, self.writer, self.last_use, self.reads)
+        keys = ApiKeyService(self.keys, self.catalog, self.writer, self.last_use)
         audit = AuditService(self.keys, self.audit, self.feed, self.server.stopping)
         self.server.serve(keys, KEYS, Access("admin", gate, self._refusal), log_calls=True)
         self.server.serve(audit, AUDIT, Access("auditor", gate, self._refusal), log_calls=True)
@@ -281,7 +279,6 @@ class StoreSource:
     async def close(self) -> None:
         await self.last_use.flush()
         self.writer.close()
-        self.reads.close()
         self.keys.close()
         await asyncio.to_thread(self.audit.close)
         self.catalog.engine.dispose()
