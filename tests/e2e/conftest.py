@@ -227,13 +227,13 @@ class Node:
         reply: CheckResponse = self.authorization.Check(request, timeout=5)
         return reply
 
-    def create(self, *deployments: str) -> pb.CreateApiKeyResponse:
+    def create(self, *deployments: str, timeout: float = 10) -> pb.CreateApiKeyResponse:
         reply: pb.CreateApiKeyResponse = self.keys.CreateApiKey(
             pb.CreateApiKeyRequest(
                 parent=PROJECT,
                 api_key=pb.ApiKey(display_name="at the edge", deployments=list(deployments)),
             ),
-            timeout=10,
+            timeout=timeout,
         )
         return reply
 

@@ -241,7 +241,10 @@ def write_through(replica: Node, seconds: float, writers: int = 32) -> tuple[lis
     def write() -> None:
         while time.monotonic() < deadline:
             try:
-                name = replica.create(LLAMA).api_key.name
+                # As the attach below: with connections killed every 50 ms, a write that
+                # does reach the database may wait on reconnections (2 s each at most) for
+                # itself and its projections, behind 31 others; slow, not an error.
+                name = replica.create(LLAMA, timeout=30).api_key.name
                 replica.keys.AttachDeployment(
                     pb.AttachDeploymentRequest(name=name, deployment=MISTRAL), timeout=30
                 )
