@@ -13,6 +13,10 @@ the create latency's p50/p99 (h2load's per-request log) and the server's CPU tim
 create (user + system, from /proc). `--server-source DIR` serves another checkout's code
 (a before/after comparison in one run); PostgreSQL figures need `EDGEKEYS_TEST_POSTGRES`
 (or a server on 127.0.0.1:5432) and are skipped without one.
+
+Mixed (SQLite): ValidateApiKey's p99 at a steady 1,900 calls/s (h2load's log), alone and
+while one client creates keys at 100/s beside it (5% of all calls writes); target: the
+mixed p99 within 1.5× the read-only one.
 """
 
 import argparse
@@ -31,12 +35,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from bench.run import grpc_frame, machine, percentile
+from bench.run import VALIDATE, create_key, grpc_frame, h2load, machine, percentile
 from edgekeys.v1 import api_keys_pb2 as pb
+from edgekeys.v1 import api_keys_pb2_grpc
+from edgekeys.v1 import validation_pb2 as vpb
 from service.storage.database import store_environment
 from tests.e2e.conftest import ServeProcess
 from tests.postgres import SERVER, fresh_database
@@ -46,6 +53,9 @@ LLAMA = "projects/acme/deployments/llama-3"
 CONCURRENCY = (1, 8, 32, 128)
 TARGET_RATIO = 0.3  # of raw commits/s at 32 concurrent, SQLite
 TARGET_P99_MS = 50.0
+MIXED_VALIDATIONS = 1900  # per second
+MIXED_WRITES = 100  # per second: 5% of all calls
+TARGET_MIXED = 1.5  # mixed p99 ÷ read-only p99
 
 
 def say(line: str) -> None:
@@ -164,6 +174,47 @@ def creates(
     }
 
 
+def mixed(database: Path, workdir: Path, seconds: int) -> tuple[float, float]:
+    """ValidateApiKey's p99 (ms) at MIXED_VALIDATIONS/s: alone, then with creates at
+    MIXED_WRITES/s beside it."""
+    with serving(database) as served:
+        _, secret = create_key(served.address)
+        payload = workdir / "validate.bin"
+        payload.write_bytes(grpc_frame(vpb.ValidateApiKeyRequest(secret=secret, deployment=LLAMA)))
+
+        def p99(log: Path) -> float:
+            h2load(served.address, VALIDATE, payload, seconds, log_file=log, rate=MIXED_VALIDATIONS)
+            durations = [int(line.split()[2]) / 1000 for line in log.read_text().splitlines()]
+            return percentile(durations, 0.99)
+
+        p99(workdir / "validate-warm-up.log")  # a fresh server's first seconds are slower
+        alone = p99(workdir / "validate-alone.log")
+        stop = threading.Event()
+
+        def write() -> None:
+            with grpc.insecure_channel(served.address) as channel:
+                keys = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
+                due = time.monotonic()
+                while not stop.is_set():
+                    keys.CreateApiKey(
+                        pb.CreateApiKeyRequest(
+                            parent="projects/acme",
+                            api_key=pb.ApiKey(display_name="mixed", deployments=[LLAMA]),
+                        )
+                    )
+                    due += 1 / MIXED_WRITES
+                    time.sleep(max(0.0, due - time.monotonic()))
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            beside = p99(workdir / "validate-mixed.log")
+        finally:
+            stop.set()
+            writer.join(30)
+    return alone, beside
+
+
 @contextmanager
 def serving(database: Path | str) -> Iterator[ServeProcess]:
     served = ServeProcess(database, log_level="warning")
@@ -267,6 +318,13 @@ def main() -> int:
         print(
             f"targets at 32 concurrent: ≥ {TARGET_RATIO}× raw commits "
             f"({at32['rate'] / raw:.2f}×), p99 ≤ {TARGET_P99_MS:.0f} ms ({at32['p99']:.1f} ms)"
+        )
+        alone, beside = mixed(workdir / "mixed.db", workdir, args.seconds)
+        verdict = "ok" if beside <= TARGET_MIXED * alone else "BELOW"
+        print(
+            f"mixed, {MIXED_VALIDATIONS:,} validations/s + {MIXED_WRITES} creates/s: "
+            f"ValidateApiKey p99 {alone:.2f} ms alone, {beside:.2f} ms mixed "
+            f"({beside / alone:.2f}×; target ≤ {TARGET_MIXED}×) {verdict}"
         )
         if args.no_postgres or not postgres_reachable():
             return 0
