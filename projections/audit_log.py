@@ -31,7 +31,7 @@ from service.domain.names import key_project
 
 GENESIS = bytes(32)
 PAGE = 20_000  # rows per query of a verification: few round trips, bounded memory
-ROW_HEAD = struct.Struct(">Q16sQ")  # position, originator ID, version, as link() frames them
+ROW_HEAD = struct.Struct(">Q16sQ")  # position, originator ID, version, as a link frames them
 CHUNK_PAGES = 5  # pages per call of a child: a stop is heeded within a second
 # A check with fewer rows than this left runs on the caller's thread: starting a child
 # process costs more than it saves (and every start of a small store would pay it).
@@ -78,18 +78,30 @@ class Interrupted(Exception):
 def link(previous: bytes, row: Notification) -> bytes:
     """The chain link of a stored row: every field length-prefixed, nothing ambiguous."""
     originator_id = cast(UUID, row.originator_id)
-    topic = row.topic.encode()
+    return chained(
+        previous, row.id, originator_id.bytes, row.originator_version, framed(row.topic), row.state
+    )
+
+
+def framed(topic: str) -> bytes:
+    """A topic as a link frames it: its length, then its bytes."""
+    encoded = topic.encode()
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+def chained(
+    previous: bytes, position: int, originator: bytes, version: int, topic: bytes, state: bytes
+) -> bytes:
+    """The link after `previous` of one stored row (`topic` already `framed`): what both
+    `link` and a verification's raw rows compute."""
     return hashlib.sha256(
         b"".join(
             (
                 previous,
-                row.id.to_bytes(8, "big"),
-                originator_id.bytes,
-                row.originator_version.to_bytes(8, "big"),
-                len(topic).to_bytes(4, "big"),
+                ROW_HEAD.pack(position, originator, version),
                 topic,
-                len(row.state).to_bytes(4, "big"),
-                row.state,
+                len(state).to_bytes(4, "big"),
+                state,
             )
         )
     ).digest()
@@ -611,25 +623,20 @@ class Chain:
         row too garbled to frame (which then matches no link)."""
         position, originator_id, version, topic, state = row
         try:
-            framed = self._topics.get(topic)  # type: ignore[call-overload]
-            if framed is None:
-                encoded = cast(str, topic).encode()
-                framed = self._topics[topic] = len(encoded).to_bytes(4, "big") + encoded  # type: ignore[index]
+            topic_framed = self._topics.get(topic)  # type: ignore[call-overload]
+            if topic_framed is None:
+                topic_framed = self._topics[topic] = framed(cast(str, topic))  # type: ignore[index]
             uuid = self._uuid_bytes(originator_id)
             if len(uuid) != 16:
                 return None
-            data = cast(bytes, state)
-            return hashlib.sha256(
-                b"".join(
-                    (
-                        previous,
-                        ROW_HEAD.pack(position, uuid, version),
-                        framed,
-                        len(data).to_bytes(4, "big"),
-                        data,
-                    )
-                )
-            ).digest()
+            return chained(
+                previous,
+                cast(int, position),
+                uuid,
+                cast(int, version),
+                topic_framed,
+                cast(bytes, state),
+            )
         except (ValueError, TypeError, AttributeError, OverflowError, struct.error):
             return None
 

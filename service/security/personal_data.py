@@ -58,12 +58,11 @@ class DataKeys:
         """Bring the data keys of `owners` into memory, 500 a query: what decoding a
         page of events would otherwise fetch one query per event."""
         with self._lock:
-            missing = sorted(owner.hex for owner in set(owners) if owner not in self._cache)
-        found: dict[UUID, bytes | None] = {}
+            missing = [owner for owner in set(owners) if owner not in self._cache]
+        found: dict[UUID, bytes | None] = dict.fromkeys(missing)  # None: destroyed, or never
         with self.engine.connect() as conn:
             for start in range(0, len(missing), 500):
-                chunk = missing[start : start + 500]
-                found.update(dict.fromkeys(map(UUID, chunk)))
+                chunk = [owner.hex for owner in missing[start : start + 500]]
                 query = sa.select(_keys.c.owner, _keys.c.data_key).where(_keys.c.owner.in_(chunk))
                 for owner, stored in conn.execute(query):
                     found[UUID(owner)] = self._opened(stored, UUID(owner))

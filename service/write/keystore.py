@@ -140,7 +140,7 @@ class KeyStore(Application[UUID]):
         """Record the objects' new events (with `side` statements, in the same
         transaction); one log line for each event stored, naming the request's method.
         Within `batch`, the events wait for the batch's one transaction."""
-        batch: _Batch | None = getattr(self._local, "batch", None)
+        batch = self._open_batch
         if batch is None:
             recordings = super().save(*objects, **kwargs)
             self._log_changes(recordings, [(0, objects, request)])
@@ -151,6 +151,12 @@ class KeyStore(Application[UUID]):
         for key in objects:
             batch.keys[key.id] = key
         return []
+
+    @property
+    def _open_batch(self) -> _Batch | None:
+        """The batch this thread is running (`batch`), if any."""
+        found: _Batch | None = getattr(self._local, "batch", None)
+        return found
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -192,7 +198,7 @@ class KeyStore(Application[UUID]):
 
     def _after_stored(self, action: Callable[[], None]) -> None:
         """Run `action` once what was saved is stored: now, or at the batch's end."""
-        batch: _Batch | None = getattr(self._local, "batch", None)
+        batch = self._open_batch
         if batch is None:
             action()
         else:
@@ -225,7 +231,7 @@ class KeyStore(Application[UUID]):
     def get_key(self, name: KeyName | str, version: int | None = None) -> ApiKey:
         """The key now, or as of `version` (replayed from a snapshot and its events).
         Within `batch`, a copy of the key as the batch's last save of it left it."""
-        batch: _Batch | None = getattr(self._local, "batch", None)
+        batch = self._open_batch
         saved = batch.keys.get(ApiKey.id_for(name)) if batch and version is None else None
         if saved is not None:  # a copy: the command that saved it answers with it as it was
             return copy.deepcopy(saved)
