@@ -56,11 +56,18 @@ def eventually(condition: Callable[[], bool], timeout: float = 10) -> float:
 def test_every_worker_follows_writes_made_through_any_other(workers: ServeProcess) -> None:
     channels = connections(workers.address)
     keys = api_keys_pb2_grpc.ApiKeyServiceStub(channels[0])
-    created = keys.CreateApiKey(
-        pb.CreateApiKeyRequest(
-            parent="projects/acme", api_key=pb.ApiKey(display_name="w", deployments=[LLAMA])
-        )
+    request = pb.CreateApiKeyRequest(
+        parent="projects/acme", api_key=pb.ApiKey(display_name="w", deployments=[LLAMA])
     )
+    deadline = time.monotonic() + 30
+    while True:  # the worker reached may still be catching up at start: retry, as documented
+        try:
+            created = keys.CreateApiKey(request)
+            break
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     # No window in the worker that took the write.
     assert verdicts(channels[:1], created.secret) == {vpb.VERDICT_ALLOWED}
     eventually(lambda: verdicts(channels, created.secret) == {vpb.VERDICT_ALLOWED})
